@@ -1,0 +1,1 @@
+"""Rollout side of Stride: the environments, the policy network and the rollout loop."""
