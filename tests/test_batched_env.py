@@ -52,13 +52,14 @@ def test_batched_equals_gymnasium_sync_vector_env() -> None:
         assert ("final_obs" in ib) == ("final_obs" in ir)
         if "final_obs" in ir:
             np.testing.assert_array_equal(ib["_final_obs"], ir["_final_obs"])
-            np.testing.assert_array_equal(ib["final_obs"][ir["_final_obs"]], np.stack(ir["final_obs"][ir["_final_obs"]]))
+            mask = ir["_final_obs"]
+            np.testing.assert_array_equal(ib["final_obs"][mask], np.stack(ir["final_obs"][mask]))
 
 
 def test_truncation_and_termination_stay_separate() -> None:
     env = BatchedBipedEnv(2, min_height=-1.0, max_lateral=1e9, max_tilt=10.0, max_episode_steps=30)
     env.reset(seed=0)
-    for t in range(1, 31):
+    for _ in range(30):
         _, _, term, trunc, info = env.step(np.zeros((2, 6)))
         assert not term.any()
     assert trunc.all() and list(info["final_info"]["ended_by"]) == ["time_limit", "time_limit"]

@@ -179,7 +179,8 @@ def test_reward_matches_hand_computation() -> None:
         obs, reward, terminated, truncated, info = env.step(u)
         d = env.data
         clipped = np.clip(u, -1, 1)
-        hand = d.qvel[0] - 3 * d.qpos[1] ** 2 - 50 * (d.qpos[2] - 0.21) ** 2 + 25 * 0.025 / 10 - 0.02 * np.sum(clipped**2)
+        survival = 25 * 0.025 / 10
+        hand = d.qvel[0] - 3 * d.qpos[1] ** 2 - 50 * (d.qpos[2] - 0.21) ** 2 + survival - 0.02 * np.sum(clipped**2)
         assert reward == pytest.approx(hand, rel=1e-5, abs=1e-6)
         # ...and exactly from the observation it comes with.
         o = obs.astype(np.float64)

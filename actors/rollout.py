@@ -1,0 +1,163 @@
+"""The rollout loop: step B envs with a policy for T steps and return a `Trajectory`.
+
+Pure Python + NumPy: no Ray, no torch. `RolloutWorker` (worker.py) is a thin Ray shell around
+`Sampler`, and the trainer's one-process mode drives a `Sampler` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from actors.envs import BIPED_ID
+from actors.policy import NumpyPolicy
+from actors.trajectory import EpisodeStats, Trajectory, Weights
+
+log = logging.getLogger(__name__)
+MAX_ENV_ERRORS_PER_FRAGMENT = 100
+
+
+def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
+    """B copies of `env_id` as a VectorEnv with same-step autoreset (the biped's batched fast
+    path for the biped, Gymnasium's SyncVectorEnv for any other id)."""
+    kwargs = dict(env_kwargs or {})
+    if env_id == BIPED_ID:
+        from actors.envs.batched import BatchedBipedEnv
+
+        return BatchedBipedEnv(num_envs, **kwargs)
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **kwargs,
+    )
+
+
+def _final_obs(infos: dict[str, Any], done: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Final observations [B, obs_dim] of the envs that ended this step (zeros elsewhere)."""
+    out = np.zeros_like(obs)
+    if "final_obs" in infos:
+        for i in np.flatnonzero(done):
+            out[i] = np.asarray(infos["final_obs"][i], dtype=obs.dtype)
+    return out
+
+
+def _ended_by(infos: dict[str, Any], i: int) -> str:
+    final = infos.get("final_info", {})
+    reasons = final.get("ended_by") if isinstance(final, dict) else None
+    return str(reasons[i]) if reasons is not None else ""
+
+
+@dataclass
+class Sampler:
+    """B envs plus the running state a rollout needs across fragments."""
+
+    envs: VectorEnv
+    worker_id: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.num_envs = self.envs.num_envs
+        self.rng = np.random.default_rng([self.seed, self.worker_id])
+        self.policy: NumpyPolicy | None = None
+        self.obs = self._reset()
+        self.ep_return = np.zeros(self.num_envs)
+        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _reset(self) -> np.ndarray:
+        # Every (re)start draws fresh per-env seeds, so a restarted worker does not replay.
+        seed = int(self.rng.integers(2**31 - 1))
+        obs, _ = self.envs.reset(seed=seed)
+        return np.asarray(obs, dtype=np.float32)
+
+    def set_weights(self, weights: Weights) -> None:
+        self.policy = NumpyPolicy(weights)
+
+    def collect(self, num_steps: int) -> Trajectory:
+        """Step every env `num_steps` times with the current policy; see `collect`."""
+        if self.policy is None:
+            raise RuntimeError("set_weights() must be called before collect()")
+        return collect(self, num_steps)
+
+
+def collect(s: Sampler, num_steps: int) -> Trajectory:
+    """Run `s.policy` in `s.envs` for T = `num_steps` steps and return the fragment.
+
+    Env exceptions are survived: the envs are reset, the error is counted in
+    `Trajectory.env_errors`, and the episodes the reset cut short are marked truncated at the
+    previous step (bootstrapping from the last real observation), so no transition that did not
+    happen enters the fragment.
+    """
+    assert s.policy is not None
+    start = time.perf_counter()
+    b, obs_dim = s.obs.shape
+    act_dim = s.envs.single_action_space.shape[0]
+    obs = np.zeros((num_steps + 1, b, obs_dim), dtype=np.float32)
+    actions = np.zeros((num_steps, b, act_dim), dtype=np.float32)
+    logp = np.zeros((num_steps, b), dtype=np.float32)
+    rewards = np.zeros((num_steps, b), dtype=np.float32)
+    terminated = np.zeros((num_steps, b), dtype=bool)
+    truncated = np.zeros((num_steps, b), dtype=bool)
+    final_obs = np.zeros((num_steps, b, obs_dim), dtype=np.float32)
+    ep_returns: list[float] = []
+    ep_lengths: list[int] = []
+    ep_ended: list[str] = []
+    errors = 0
+    t = 0
+    while t < num_steps:
+        obs[t] = s.obs
+        a, lp = s.policy.act(s.obs, s.rng)
+        try:
+            next_obs, r, term, trunc, infos = s.envs.step(a)
+        except Exception as exc:  # an env blew up: reset, cut the episodes, retry this step
+            errors += 1
+            log.warning("worker %d: env error at step %d (%s: %s); resetting its envs",
+                        s.worker_id, t, type(exc).__name__, exc)
+            if errors > MAX_ENV_ERRORS_PER_FRAGMENT:
+                raise RuntimeError(f"{errors} env errors in one fragment; giving up") from exc
+            if t > 0:
+                cut = ~(terminated[t - 1] | truncated[t - 1])
+                truncated[t - 1] |= cut
+                final_obs[t - 1][cut] = s.obs[cut]
+            s.obs = s._reset()
+            s.ep_return[:] = 0.0
+            s.ep_length[:] = 0
+            continue
+        actions[t], logp[t] = a, lp
+        rewards[t] = r
+        terminated[t], truncated[t] = term, trunc
+        s.ep_return += r
+        s.ep_length += 1
+        done = term | trunc
+        if done.any():
+            final_obs[t] = _final_obs(infos, done, s.obs)
+            for i in np.flatnonzero(done):
+                ep_returns.append(float(s.ep_return[i]))
+                ep_lengths.append(int(s.ep_length[i]))
+                ep_ended.append(_ended_by(infos, int(i)))
+            s.ep_return[done] = 0.0
+            s.ep_length[done] = 0
+        s.obs = np.asarray(next_obs, dtype=np.float32)
+        t += 1
+    obs[num_steps] = s.obs
+    return Trajectory(
+        obs=obs,
+        actions=actions,
+        logp=logp,
+        rewards=rewards,
+        terminated=terminated,
+        truncated=truncated,
+        final_obs=final_obs,
+        policy_version=s.policy.version,
+        worker_id=s.worker_id,
+        episodes=EpisodeStats(np.array(ep_returns), np.array(ep_lengths, dtype=np.int64), tuple(ep_ended)),
+        env_errors=errors,
+        sample_seconds=time.perf_counter() - start,
+    )

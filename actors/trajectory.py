@@ -1,0 +1,75 @@
+"""The data types that flow between actors and the learner (plain NumPy, no Ray, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """Episodes that finished inside one fragment."""
+
+    returns: np.ndarray  # [E] float64 undiscounted return of each finished episode
+    lengths: np.ndarray  # [E] int64 length in env steps
+    ended_by: tuple[str, ...] = ()  # why each ended, where the env says ('' if unknown)
+
+    @staticmethod
+    def empty() -> EpisodeStats:
+        return EpisodeStats(np.zeros(0), np.zeros(0, dtype=np.int64), ())
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One time-major fragment of T steps from B envs of one worker.
+
+    obs[t] is what the policy saw before acting at step t; obs[T] is the observation after the
+    last step (the bootstrap point). When an episode ended at step t, obs[t + 1] is already the
+    first observation of the next episode, and final_obs[t] holds the last observation of the
+    ended one (used to bootstrap a truncation; ignored for a termination).
+    """
+
+    obs: np.ndarray  # [T+1, B, obs_dim] float32 raw (un-normalised) observations
+    actions: np.ndarray  # [T, B, act_dim] float32 actions as sampled (before env clipping)
+    logp: np.ndarray  # [T, B] float32 log-prob of actions under the behaviour policy
+    rewards: np.ndarray  # [T, B] float32
+    terminated: np.ndarray  # [T, B] bool: true end, no bootstrap
+    truncated: np.ndarray  # [T, B] bool: time limit (or a cut): bootstrap from final_obs
+    final_obs: np.ndarray  # [T, B, obs_dim] float32, meaningful where terminated | truncated
+    policy_version: int  # weights version that produced every action in this fragment
+    worker_id: int
+    episodes: EpisodeStats = field(default_factory=EpisodeStats.empty)
+    env_errors: int = 0  # env exceptions caught (and envs reset) while collecting
+    sample_seconds: float = 0.0  # wall time the worker spent collecting this fragment
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps in this fragment (T * B)."""
+        return int(self.rewards.shape[0] * self.rewards.shape[1])
+
+    def validate(self) -> None:
+        """Raise ValueError when shapes disagree or a float array holds NaN/inf."""
+        t, b = self.rewards.shape
+        expected = {
+            "obs": (t + 1, b), "actions": (t, b), "logp": (t, b), "terminated": (t, b),
+            "truncated": (t, b), "final_obs": (t, b),
+        }
+        for name, lead in expected.items():
+            if getattr(self, name).shape[: len(lead)] != lead:
+                raise ValueError(f"trajectory.{name} has shape {getattr(self, name).shape}, expected {lead}+")
+        for name in ("obs", "actions", "logp", "rewards", "final_obs"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"trajectory.{name} contains NaN or inf")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A policy version as CPU arrays: network parameters and the observation normaliser."""
+
+    version: int
+    state: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.state.values()))

@@ -1,0 +1,304 @@
+"""Training configuration: nested dataclasses, one docstring per field.
+
+Load order: defaults < YAML file (`--config`) < command-line flags < `--set section.field=value`.
+`validate` runs before Ray starts and raises `ConfigError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message starts with the field's dotted name."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "stride/BipedWalker-v0"
+    """Gymnasium id of the task: the biped (default) or any continuous-action env, e.g. Walker2d-v5."""
+    envs_per_actor: int = 16
+    """B: envs each rollout actor steps together (one batched policy forward per step)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the env constructor (e.g. {effort_weight: 0.22} for the biped)."""
+
+
+@dataclass
+class RolloutConfig:
+    actors: int = 0
+    """N: rollout actors. 0 means one per CPU of the Ray cluster (all local cores by default)."""
+    fragment_length: int = 128
+    """T: env steps per fragment each actor returns."""
+    max_actor_restarts: int = -1
+    """How often Ray may restart a dead actor (-1: without limit)."""
+    sample_timeout_s: float = 300.0
+    """A fragment not back after this long counts as lost (hung actor); the actor is restarted."""
+
+
+@dataclass
+class PPOConfig:
+    loss: str = "clip"
+    """'clip' (PPO-Clip) or 'penalty' (PPO with an adaptive KL penalty)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    epochs: int = 5
+    """Passes over each batch."""
+    minibatches: int = 8
+    """Minibatches per epoch; envs_per_actor * fragment_length must be divisible by it."""
+    lr: float = 3e-4
+    """Adam learning rate at the start."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over total_steps."""
+    clip_coef: float = 0.2
+    """Surrogate clip range epsilon (clip loss)."""
+    clip_vloss: bool = True
+    """Clip the value loss around the old values with the same epsilon."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before GAE (keeps value targets near unit scale)."""
+    kl_target: float = 0.01
+    """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
+    kl_beta: float = 1.0
+    """Penalty loss: initial KL coefficient beta."""
+    target_kl: float = 0.0
+    """Stop an update's epochs early when approx KL exceeds this (0: never)."""
+
+
+@dataclass
+class ModelConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the policy and of the value MLP (tanh)."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of the Gaussian policy."""
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 3_000_000
+    """Env steps to train for."""
+    mode: str = "sync"
+    """'sync' (every fragment from the current weights) or 'async' (actors never wait)."""
+    max_policy_lag: int = 1
+    """Async: drop fragments more than this many versions behind the learner."""
+    fragments_per_update: int = 0
+    """Async: fragments per PPO update (0: one per actor)."""
+    seed: int = 0
+    """Seed for the learner and (derived) for every actor's envs."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+    run_dir: str = "runs"
+    """Parent folder of runs; a run lives in run_dir/run_id."""
+    run_id: str = ""
+    """Name of the run folder ('' : a timestamp)."""
+    checkpoint_every: int = 20
+    """Write a checkpoint every this many updates (and always at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (oldest deleted)."""
+    video: bool = True
+    """Write a video of the trained policy at the end (where rendering works)."""
+    address: str = ""
+    """Ray cluster address ('' : join RAY_ADDRESS if set, else start a local Ray; 'auto')."""
+    num_cpus: int = 0
+    """CPUs for an embedded local Ray (0: all local cores)."""
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str | int | float):
+                raise ValueError(value)
+            return str(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(x) for x in items if str(x).strip() != "")
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        if origin in (typing.Union, types.UnionType):
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _section(cfg: Config, name: str) -> Any:
+    if name not in {f.name for f in dataclasses.fields(cfg)}:
+        raise ConfigError(f"{name}: unknown section (known: env, rollout, ppo, model, train)")
+    return getattr(cfg, name)
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.field` from a YAML or command-line value, with type conversion."""
+    section_name, _, field_name = dotted.partition(".")
+    section = _section(cfg, section_name)
+    hints = typing.get_type_hints(type(section))
+    if field_name not in hints:
+        raise ConfigError(f"{dotted}: unknown field (known: {', '.join(hints)})")
+    setattr(section, field_name, _coerce(dotted, hints[field_name], value))
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then a YAML file (sections as mappings), then dotted overrides."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config: {p} must hold a mapping of sections")
+        for section, values in data.items():
+            _section(cfg, str(section))
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: must be a mapping of fields")
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value)
+    for dotted, value in (overrides or {}).items():
+        set_value(cfg, dotted, value)
+    return cfg
+
+
+def save(cfg: Config, path: Path) -> None:
+    data = cfg.to_dict()
+    data["model"]["hidden"] = list(data["model"]["hidden"])
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError (naming the field) for any value training cannot start with."""
+    e, r, p, m, t = cfg.env, cfg.rollout, cfg.ppo, cfg.model, cfg.train
+    _check(e.envs_per_actor >= 1, "env.envs_per_actor", f"must be >= 1, got {e.envs_per_actor}")
+    _check(r.actors >= 0, "rollout.actors", f"must be >= 0 (0 = one per CPU), got {r.actors}")
+    _check(r.fragment_length >= 1, "rollout.fragment_length", f"must be >= 1, got {r.fragment_length}")
+    _check(r.sample_timeout_s > 0, "rollout.sample_timeout_s", f"must be > 0, got {r.sample_timeout_s}")
+    _check(p.loss in ("clip", "penalty"), "ppo.loss", f"must be 'clip' or 'penalty', got {p.loss!r}")
+    _check(0.0 <= p.gamma <= 1.0, "ppo.gamma", f"must be in [0, 1], got {p.gamma}")
+    _check(0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda", f"must be in [0, 1], got {p.gae_lambda}")
+    _check(p.epochs >= 1, "ppo.epochs", f"must be >= 1, got {p.epochs}")
+    _check(p.minibatches >= 1, "ppo.minibatches", f"must be >= 1, got {p.minibatches}")
+    per_fragment = e.envs_per_actor * r.fragment_length
+    _check(
+        per_fragment % p.minibatches == 0,
+        "ppo.minibatches",
+        f"{p.minibatches} does not divide the {per_fragment} samples of a fragment "
+        f"(env.envs_per_actor {e.envs_per_actor} x rollout.fragment_length {r.fragment_length})",
+    )
+    _check(p.lr > 0, "ppo.lr", f"must be > 0, got {p.lr}")
+    _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
+    for name in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm", "kl_target", "kl_beta", "target_kl"):
+        _check(getattr(p, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(p, name)}")
+    _check(p.clip_coef > 0 or p.loss == "penalty", "ppo.clip_coef", "must be > 0 for the clip loss")
+    _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden",
+           f"must be positive sizes, got {m.hidden}")
+    _check(t.total_steps >= 1, "train.total_steps", f"must be >= 1, got {t.total_steps}")
+    _check(t.mode in ("sync", "async"), "train.mode", f"must be 'sync' or 'async', got {t.mode!r}")
+    _check(t.max_policy_lag >= 0, "train.max_policy_lag", f"must be >= 0, got {t.max_policy_lag}")
+    _check(t.fragments_per_update >= 0, "train.fragments_per_update", f"must be >= 0, got {t.fragments_per_update}")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _check(t.num_cpus >= 0, "train.num_cpus", f"must be >= 0, got {t.num_cpus}")
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        "train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    if t.device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), "train.device", f"{t.device!r} requested but no CUDA GPU is available")
+    _check(t.run_id == "" or ("/" not in t.run_id and t.run_id not in (".", "..")), "train.run_id",
+           f"must be a plain folder name, got {t.run_id!r}")
+    _validate_env(e)
+
+
+def _validate_env(e: EnvConfig) -> None:
+    """The env id must be registered and have a continuous (Box) action space."""
+    import gymnasium as gym
+
+    import actors.envs  # noqa: F401  (registers the biped)
+
+    try:
+        spec = gym.spec(e.id)
+    except Exception as exc:  # gymnasium raises several error types for unknown ids
+        raise ConfigError(f"env.id: unknown Gymnasium env {e.id!r} ({type(exc).__name__}: {exc})") from None
+    try:
+        env = gym.make(spec, **e.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs: {e.id} does not accept {e.kwargs} ({exc})") from None
+    except Exception as exc:
+        raise ConfigError(f"env.id: {e.id} cannot be created ({type(exc).__name__}: {exc})") from None
+    try:
+        space = env.action_space
+        _check(isinstance(space, gym.spaces.Box) and len(space.shape) == 1, "env.id",
+               f"{e.id} needs a continuous (Box) action space, has {space}")
+        obs_space = env.observation_space
+        _check(isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1, "env.id",
+               f"{e.id} needs a flat Box observation space, has {obs_space}")
+    finally:
+        env.close()
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,143 @@
+"""The PPO loss (clip and adaptive-KL penalty) as pure functions, and the epoch/minibatch update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from actors.policy import ActorCritic
+from learner.config import PPOConfig
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A flat PPO batch on the learner's device; N = T * B (or the sum over fragments)."""
+
+    obs: torch.Tensor  # [N, obs_dim] raw observations
+    actions: torch.Tensor  # [N, act_dim]
+    logp: torch.Tensor  # [N] behaviour log-probs
+    advantages: torch.Tensor  # [N]
+    returns: torch.Tensor  # [N] value targets
+    values: torch.Tensor  # [N] values before the update (for the clipped value loss)
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def take(self, idx: torch.Tensor) -> Batch:
+        return Batch(*(getattr(self, f)[idx] for f in ("obs", "actions", "logp", "advantages", "returns", "values")))
+
+
+@dataclass(frozen=True)
+class LossOut:
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor  # the low-variance estimator E[(r - 1) - log r]
+    clipfrac: torch.Tensor  # fraction of samples where |r - 1| > clip_coef
+
+
+def ppo_loss(
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    cfg: PPOConfig,
+    beta: float = 0.0,
+) -> LossOut:
+    """PPO loss for one minibatch; every argument is [M].
+
+    clip:    L_pi = E[max(-A r, -A clip(r, 1 - eps, 1 + eps))]
+    penalty: L_pi = E[-A r] + beta * KL(old || new)  (KL by the approx_kl estimator)
+    Value:   0.5 * E[(V - R)^2], or with clip_vloss the max of that and the clipped version.
+    Total:   L_pi + vf_coef * L_v - ent_coef * E[entropy].
+    Advantages are used as given (normalise them before calling when cfg.norm_adv).
+    """
+    log_ratio = new_logp - old_logp
+    ratio = log_ratio.exp()
+    approx_kl = ((ratio - 1) - log_ratio).mean()
+    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+    if cfg.loss == "clip":
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+        policy_loss = torch.max(unclipped, clipped).mean()
+    else:
+        policy_loss = (-advantages * ratio).mean() + beta * approx_kl
+    if cfg.clip_vloss:
+        v_clipped = old_values + torch.clamp(new_values - old_values, -cfg.clip_coef, cfg.clip_coef)
+        value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        value_loss = 0.5 * ((new_values - returns) ** 2).mean()
+    ent = entropy.mean()
+    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * ent
+    return LossOut(loss, policy_loss, value_loss, ent, approx_kl, clipfrac)
+
+
+def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
+    """Adaptive KL coefficient (Schulman et al. 2017, sec. 4): double beta when the KL of the
+    update overshot 1.5x the target, halve it when it undershot target / 1.5."""
+    if kl > 1.5 * kl_target:
+        return beta * 2.0
+    if kl < kl_target / 1.5:
+        return beta / 2.0
+    return beta
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target] (nan when the target is constant)."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+def ppo_update(
+    model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: PPOConfig,
+    beta: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics.
+
+    Stops early if cfg.target_kl > 0 and the KL passes it. Raises
+    FloatingPointError (and leaves the weights as they were at the last good step) if a loss
+    is not finite.
+    """
+    n = len(batch)
+    size = n // cfg.minibatches
+    sums: dict[str, float] = {}
+    count = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=generator, device="cpu").to(batch.obs.device)
+        epoch_kl = 0.0
+        for k in range(cfg.minibatches):
+            mb = batch.take(perm[k * size : (k + 1) * size])
+            adv = mb.advantages
+            if cfg.norm_adv and len(adv) > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
+            out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"non-finite PPO loss {out.loss.item()} (policy {out.policy_loss.item()}, "
+                                         f"value {out.value_loss.item()})")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            stats = {
+                "loss": out.loss.item(), "policy_loss": out.policy_loss.item(), "value_loss": out.value_loss.item(),
+                "entropy": out.entropy.item(), "approx_kl": out.approx_kl.item(), "clipfrac": out.clipfrac.item(),
+                "grad_norm": float(grad_norm),
+            }
+            for key, v in stats.items():
+                sums[key] = sums.get(key, 0.0) + v
+            count += 1
+            epoch_kl += stats["approx_kl"] / cfg.minibatches
+        if cfg.target_kl > 0 and epoch_kl > cfg.target_kl:
+            break
+    return {k: v / count for k, v in sums.items()}

@@ -1,0 +1,340 @@
+"""The training driver: spawn rollout actors, gather fragments, update, broadcast weights.
+
+sync:  publish version v -> every actor samples T steps with v -> one PPO update on all
+       fragments -> v + 1. Every fragment in an update carries the learner's current version.
+async: every actor always has a sample in flight; each fragment that comes back is checked for
+       staleness (dropped and counted when more than max_policy_lag versions old), the actor is
+       immediately given the newest weights, and the learner updates whenever enough fresh
+       fragments are buffered. The PPO ratio is taken against the behaviour log-prob.
+
+Faults: a fragment whose actor died is counted as lost, the actor (restarted by Ray) gets the
+next sample call with the current weights; a fragment not back within sample_timeout_s is
+treated the same way after the actor is killed for a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from actors.trajectory import Trajectory
+from actors.worker import remote_worker_class
+from learner import checkpoint
+from learner.config import Config, local_cpus, resolve_device
+from learner.learner import Learner
+
+log = logging.getLogger("stride")
+
+
+@dataclass
+class Counters:
+    iteration: int = 0
+    env_steps: int = 0
+    episodes: int = 0
+    dropped_fragments: int = 0
+    lost_fragments: int = 0
+    actor_failures: int = 0
+    env_errors: int = 0
+    rejected_fragments: int = 0
+
+
+def env_spaces(cfg: Config) -> tuple[int, int]:
+    import gymnasium as gym
+
+    import actors.envs  # noqa: F401
+
+    env = gym.make(cfg.env.id, **cfg.env.kwargs)
+    try:
+        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    finally:
+        env.close()
+
+
+def start_ray(cfg: Config) -> None:
+    """Join the cluster named by train.address or RAY_ADDRESS, else start a local Ray."""
+    if ray.is_initialized():
+        return
+    address = cfg.train.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.train.num_cpus or local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+
+
+class Progress:
+    """A live line on a terminal, one plain line per iteration otherwise."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.stream = total, stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.start_steps: int | None = None
+
+    def show(self, it: int, steps: int, rec: dict[str, Any]) -> None:
+        if self.start_steps is None:  # rate and ETA from the end of the first iteration (after start-up)
+            self.start_steps = steps
+            self.start = time.perf_counter()
+        elapsed = time.perf_counter() - self.start
+        rate = (steps - self.start_steps) / elapsed if steps > self.start_steps else float(rec["env_steps_per_s"])
+        eta = (self.total - steps) / rate if rate > 0 else float("inf")
+        ret = rec.get("episode_return_mean")
+        ret_s = "-" if ret is None else f"{ret:.2f}"
+        line = (f"iter {it} | {steps:,}/{self.total:,} steps ({100 * steps / self.total:.1f}%) | "
+                f"{rate:,.0f} steps/s | return {ret_s} | ETA {_fmt_time(eta)}")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Trainer:
+    """Train `cfg` in `run_dir` (created, or resumed from its last checkpoint)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress_stream: Any = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.train.device)
+        obs_dim, act_dim = env_spaces(cfg)
+        self.learner = Learner(cfg, obs_dim, act_dim, self.device)
+        self.counters = Counters()
+        self.resumed_from: Path | None = None
+        if resume:
+            found = checkpoint.latest(self.ckpt_dir)
+            if found is None:
+                raise FileNotFoundError(f"--resume: no loadable checkpoint in {self.ckpt_dir}")
+            self.resumed_from, state = found
+            self.learner.load_state_dict(state["learner"])
+            self.counters = Counters(**state["counters"])
+            log.info("resumed from %s at iteration %d, %d env steps",
+                     self.resumed_from.name, self.counters.iteration, self.counters.env_steps)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.progress = Progress(cfg.train.total_steps, progress_stream)
+        self.workers: list[Any] = []
+        self.last_checkpoint_time = time.time()
+        self._stop = False
+
+    # -- actors -------------------------------------------------------------------------
+    def _spawn_workers(self) -> None:
+        start_ray(self.cfg)
+        n = self.cfg.rollout.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.num_actors = n
+        cls = remote_worker_class(self.cfg.rollout.max_actor_restarts)
+        # Fresh env seeds on resume, so a resumed run does not replay its first fragments.
+        seed = self.cfg.train.seed + 7919 * self.counters.iteration
+        self.workers = [
+            cls.remote(i, self.cfg.env.id, self.cfg.env.envs_per_actor, seed, self.cfg.env.kwargs) for i in range(n)
+        ]
+        log.info("%d rollout actors x %d envs, fragments of %d steps, learner on %s, mode %s",
+                 n, self.cfg.env.envs_per_actor, self.cfg.rollout.fragment_length, self.device, self.cfg.train.mode)
+
+    def _publish(self) -> tuple[int, list[ray.ObjectRef], float, int]:
+        t0 = time.perf_counter()
+        weights = self.learner.weights()
+        ref = ray.put(weights)
+        return weights.version, [ref], time.perf_counter() - t0, weights.nbytes
+
+    def _submit(self, i: int, version: int, ref: list[ray.ObjectRef]) -> ray.ObjectRef:
+        return self.workers[i].sample.remote(version, ref, self.cfg.rollout.fragment_length)
+
+    def _receive(self, obj: ray.ObjectRef, worker: int) -> Trajectory | None:
+        """The fragment, or None (counted) when its actor died or it is malformed."""
+        try:
+            frag = ray.get(obj)
+        except RayActorError as exc:
+            self.counters.actor_failures += 1
+            self.counters.lost_fragments += 1
+            log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it",
+                        worker, type(exc).__name__)
+            return None
+        try:
+            frag.validate()
+        except ValueError as exc:
+            self.counters.rejected_fragments += 1
+            log.warning("rejected a fragment from actor %d: %s", worker, exc)
+            return None
+        self.counters.env_errors += frag.env_errors
+        return frag
+
+    def _restart_hung(self, worker: int) -> None:
+        self.counters.actor_failures += 1
+        self.counters.lost_fragments += 1
+        log.warning("rollout actor %d sent nothing for %.0fs; killing it for a restart",
+                    worker, self.cfg.rollout.sample_timeout_s)
+        ray.kill(self.workers[worker], no_restart=False)
+
+    # -- the loops ----------------------------------------------------------------------
+    def _sync_batches(self):
+        timeout = self.cfg.rollout.sample_timeout_s
+        while True:
+            version, ref, t_bcast, nbytes = self._publish()
+            t0 = time.perf_counter()
+            pending = {self._submit(i, version, ref): i for i in range(self.num_actors)}
+            fragments = []
+            deadline = time.monotonic() + timeout
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending),
+                                    timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    for i in pending.values():
+                        self._restart_hung(i)
+                    break
+                for obj in ready:
+                    frag = self._receive(obj, pending.pop(obj))
+                    if frag is not None:
+                        if frag.policy_version != version:
+                            raise AssertionError(f"sync mode got version {frag.policy_version}, expected {version}")
+                        fragments.append(frag)
+            yield fragments, time.perf_counter() - t0, t_bcast, nbytes
+
+    def _async_batches(self):
+        timeout = self.cfg.rollout.sample_timeout_s
+        per_update = self.cfg.train.fragments_per_update or self.num_actors
+        version, ref, t_bcast, nbytes = self._publish()
+        inflight = {self._submit(i, version, ref): (i, time.monotonic()) for i in range(self.num_actors)}
+        buffer: list[Trajectory] = []
+        t0 = time.perf_counter()
+        while True:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for obj in ready:
+                i, _ = inflight.pop(obj)
+                frag = self._receive(obj, i)
+                inflight[self._submit(i, version, ref)] = (i, time.monotonic())  # never let an actor wait
+                if frag is None:
+                    continue
+                if self.learner.version - frag.policy_version > self.cfg.train.max_policy_lag:
+                    self.counters.dropped_fragments += 1
+                    continue
+                buffer.append(frag)
+            now = time.monotonic()
+            for obj, (i, since) in list(inflight.items()):
+                if now - since > timeout:
+                    self._restart_hung(i)
+                    del inflight[obj]
+                    inflight[self._submit(i, version, ref)] = (i, now)
+            if len(buffer) >= per_update:
+                yield buffer, time.perf_counter() - t0, t_bcast, nbytes
+                buffer = []
+                version, ref, t_bcast, nbytes = self._publish()
+                t0 = time.perf_counter()
+
+    def run(self) -> dict[str, Any]:
+        """Train until total_steps; returns the last metrics record."""
+        self._spawn_workers()
+        batches = self._sync_batches() if self.cfg.train.mode == "sync" else self._async_batches()
+        last: dict[str, Any] = {}
+        # SIGTERM (e.g. `ray job stop`, a scheduler) stops like Ctrl-C: checkpoint, then exit.
+        main_thread = threading.current_thread() is threading.main_thread()
+        old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        interrupted = False
+        try:
+            with self.metrics_path.open("a") as metrics:
+                t_iter = time.perf_counter()
+                while self.counters.env_steps < self.cfg.train.total_steps and not self._stop:
+                    fragments, t_sample, t_bcast, nbytes = next(batches)
+                    if not fragments:
+                        log.warning("no fragment arrived this round; waiting for actors to come back")
+                        time.sleep(1.0)
+                        continue
+                    last = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
+                    t_iter = time.perf_counter()
+                    metrics.write(json.dumps(last) + "\n")
+                    metrics.flush()
+                    self.progress.show(self.counters.iteration, self.counters.env_steps, last)
+                    if self.counters.iteration % self.cfg.train.checkpoint_every == 0:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: writing a checkpoint before stopping")
+        finally:
+            self.progress.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            batches.close()
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
+            self.workers = []
+        self.save_checkpoint()
+        if interrupted or self._stop:
+            raise KeyboardInterrupt
+        return last
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def _update(self, fragments: list[Trajectory], t_sample: float, t_bcast: float, nbytes: int,
+                t_iter: float) -> dict[str, Any]:
+        c = self.counters
+        version_before = self.learner.version
+        steps = sum(f.num_steps for f in fragments)
+        stats = self.learner.update(fragments, c.env_steps)
+        c.iteration += 1
+        c.env_steps += steps
+        returns = np.concatenate([f.episodes.returns for f in fragments])
+        lengths = np.concatenate([f.episodes.lengths for f in fragments])
+        c.episodes += len(returns)
+        wall = time.perf_counter() - t_iter
+        versions = [f.policy_version for f in fragments]
+        rec: dict[str, Any] = {
+            "iteration": c.iteration,
+            "env_steps": c.env_steps,
+            "iteration_steps": steps,
+            "policy_version": version_before,
+            "fragment_versions": versions,
+            "fragment_workers": [f.worker_id for f in fragments],
+            "policy_lag_mean": float(np.mean([version_before - v for v in versions])),
+            "fragments": len(fragments),
+            "episodes": int(len(returns)),
+            "episode_return_mean": float(returns.mean()) if len(returns) else None,
+            "episode_length_mean": float(lengths.mean()) if len(lengths) else None,
+            "env_steps_per_s": steps / max(wall, 1e-9),
+            "time_sample": t_sample,
+            "time_broadcast": t_bcast,
+            "weights_bytes": nbytes,
+            "time_iteration": wall,
+            "wall_time": time.time(),
+            **{k: v for k, v in asdict(c).items() if k not in ("iteration", "env_steps", "episodes")},
+            "episodes_total": c.episodes,
+            **stats,
+        }
+        return rec
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "learner": self.learner.state_dict(),
+            "counters": asdict(self.counters),
+            "config": self.cfg.to_dict(),
+            "env_id": self.cfg.env.id,
+            "model": self.learner.model.state_dict(),
+        }
+        path = checkpoint.save(self.ckpt_dir, self.counters.iteration, state, self.cfg.train.keep_checkpoints)
+        self.last_checkpoint_time = time.time()
+        return path

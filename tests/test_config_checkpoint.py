@@ -1,0 +1,140 @@
+"""Configuration loading/validation and atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from learner import checkpoint
+from learner import config as C
+from services.cli import main as cli_main
+
+
+def test_defaults_validate_and_every_field_has_a_docstring() -> None:
+    C.validate(C.Config())
+    source = Path(C.__file__).read_text()
+    for section in (C.EnvConfig, C.RolloutConfig, C.PPOConfig, C.ModelConfig, C.TrainConfig):
+        for f in section.__dataclass_fields__:
+            line = next(i for i, ln in enumerate(source.splitlines()) if ln.strip().startswith(f"{f}:"))
+            assert source.splitlines()[line + 1].strip().startswith('"""'), f"{section.__name__}.{f} lacks a docstring"
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("env:\n  id: Pendulum-v1\n  envs_per_actor: 4\nppo:\n  lr: 1.0e-3\nmodel:\n  hidden: [32, 32]\n")
+    cfg = C.load(p, {"ppo.lr": "2e-4", "train.mode": "async", "ppo.anneal_lr": "false", "train.total_steps": "1e5"})
+    assert cfg.env.id == "Pendulum-v1" and cfg.env.envs_per_actor == 4
+    assert cfg.ppo.lr == 2e-4 and cfg.train.mode == "async" and cfg.ppo.anneal_lr is False
+    assert cfg.model.hidden == (32, 32) and cfg.train.total_steps == 100_000
+    C.save(cfg, tmp_path / "out.yaml")
+    assert C.load(tmp_path / "out.yaml") == cfg  # round trip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"rollout.actors": -1}, "rollout.actors"),
+        ({"env.envs_per_actor": 0}, "env.envs_per_actor"),
+        ({"env.id": "NoSuchEnv-v9"}, "env.id"),
+        ({"env.id": "CartPole-v1"}, "env.id"),  # discrete actions
+        ({"ppo.minibatches": 7}, "ppo.minibatches"),  # 16 * 128 not divisible by 7
+        ({"ppo.loss": "trust-region"}, "ppo.loss"),
+        ({"ppo.gamma": 1.5}, "ppo.gamma"),
+        ({"ppo.lr": 0}, "ppo.lr"),
+        ({"train.mode": "fast"}, "train.mode"),
+        ({"train.total_steps": -5}, "train.total_steps"),
+        ({"train.device": "tpu"}, "train.device"),
+        ({"env.kwargs": {"no_such_arg": 1}}, "env.kwargs"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
+    cfg = C.load(None, overrides)
+    with pytest.raises(C.ConfigError, match=f"^{field}:"):
+        C.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"ppo.nope": 1}, "ppo.nope"), ({"nope.lr": 1}, "nope"), ({"ppo.epochs": "many"}, "ppo.epochs"),
+     ({"ppo.anneal_lr": "maybe"}, "ppo.anneal_lr"), ({"rollout.actors": 2.5}, "rollout.actors")],
+)
+def test_unknown_or_mistyped_fields_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(C.ConfigError, match=f"^{field}"):
+        C.load(None, overrides)
+
+
+def test_missing_gpu_fails_before_start() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the check is for machines without one")
+    with pytest.raises(C.ConfigError, match="^train.device: 'cuda' requested but no CUDA GPU"):
+        C.validate(C.load(None, {"train.device": "cuda"}))
+
+
+def test_cli_bad_config_fails_before_ray_starts(tmp_path: Path, capsys) -> None:
+    start = time.perf_counter()
+    code = cli_main(["train", "--actors", "-3", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "rollout.actors: must be >= 0" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "r").exists()
+    assert time.perf_counter() - start < 30
+    code = cli_main(["train", "--set", "ppo.minibatches=3"])
+    assert code == 2 and "ppo.minibatches" in capsys.readouterr().err
+    code = cli_main(["train", "--resume", str(tmp_path / "nothing")])
+    assert code == 2 and "no config.yaml" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "stride"
+    out = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--env", "--actors", "--envs-per-actor", "--total-steps", "--mode", "--run-dir", "--config",
+                 "--resume", "--address"):
+        assert flag in out
+
+
+def _state(i: int) -> dict:
+    return {"model": {"w": torch.full((3,), float(i))}, "counters": {"iteration": i}}
+
+
+def test_checkpoint_roundtrip_keep_and_skip_corrupt(tmp_path: Path) -> None:
+    for i in (1, 2, 3, 4):
+        checkpoint.save(tmp_path, i, _state(i), keep=3)
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    assert names == ["ckpt-000000002.pt", "ckpt-000000003.pt", "ckpt-000000004.pt"]
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "ckpt-000000004.pt" and state["counters"]["iteration"] == 4
+    # A torn newest file (as a crash outside our atomic write would leave) is skipped.
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "ckpt-000000003.pt" and torch.equal(state["model"]["w"], torch.full((3,), 3.0))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_checkpoint_write_failure_leaves_previous_intact(tmp_path: Path, monkeypatch) -> None:
+    checkpoint.save(tmp_path, 1, _state(1))
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, 2, _state(2))
+    monkeypatch.undo()
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "ckpt-000000001.pt" and state["counters"]["iteration"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000001.pt"]  # no temp file left behind
+
+
+def test_not_a_checkpoint_is_rejected_with_its_name(tmp_path: Path) -> None:
+    bad = tmp_path / "ckpt-000000001.pt"
+    torch.save({"something": 1}, bad)
+    with pytest.raises(ValueError, match="not a Stride checkpoint"):
+        checkpoint.load(bad)
+    assert checkpoint.latest(tmp_path) is None

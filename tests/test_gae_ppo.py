@@ -1,0 +1,197 @@
+"""GAE, the PPO loss, the normaliser and the NumPy policy against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actors.policy import ActorCritic, NumpyPolicy
+from learner.config import PPOConfig
+from learner.gae import compute_gae
+from learner.learner import values_and_bootstrap
+from learner.normalizer import RunningMeanStd
+from learner.ppo import Batch, adapt_beta, explained_variance, ppo_loss, ppo_update
+
+
+def reference_gae(r, v, nv, term, trunc, gamma, lam):
+    """Plain Python, one env and one step at a time."""
+    T, B = len(r), len(r[0])
+    adv = [[0.0] * B for _ in range(T)]
+    for b in range(B):
+        running = 0.0
+        for t in reversed(range(T)):
+            if term[t][b]:
+                bootstrap, carry = 0.0, 0.0
+            elif trunc[t][b]:
+                bootstrap, carry = nv[t][b], 0.0
+            else:
+                bootstrap, carry = nv[t][b], running
+            delta = r[t][b] + gamma * bootstrap - v[t][b]
+            running = delta + gamma * lam * carry
+            adv[t][b] = running
+    return adv
+
+
+def test_gae_matches_plain_python_reference() -> None:
+    rng = np.random.default_rng(0)
+    T, B = 13, 5
+    r, v, nv = rng.normal(size=(3, T, B))
+    term = rng.random((T, B)) < 0.15
+    trunc = (rng.random((T, B)) < 0.15) & ~term
+    assert term[1:-1].any() and trunc[1:-1].any()  # ends in the middle of fragments
+    adv, ret = compute_gae(*(torch.tensor(x) for x in (r, v, nv, term, trunc)), gamma=0.97, lam=0.9)
+    ref = np.array(reference_gae(r.tolist(), v.tolist(), nv.tolist(), term.tolist(), trunc.tolist(), 0.97, 0.9))
+    np.testing.assert_allclose(adv.numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ret.numpy(), ref + v, rtol=1e-12)
+
+
+def test_truncation_bootstraps_and_termination_does_not() -> None:
+    r, v, nv = (torch.tensor([[x]]) for x in (1.0, 0.5, 2.0))
+    no = torch.tensor([[False]])
+    yes = torch.tensor([[True]])
+    adv_term, _ = compute_gae(r, v, nv, yes, no, gamma=0.9, lam=0.95)
+    adv_trunc, _ = compute_gae(r, v, nv, no, yes, gamma=0.9, lam=0.95)
+    assert adv_term.item() == pytest.approx(1.0 - 0.5)
+    assert adv_trunc.item() == pytest.approx(1.0 + 0.9 * 2.0 - 0.5)
+
+
+def test_advantage_does_not_leak_across_episode_boundaries() -> None:
+    # Two steps; the first ends the episode (either way): A_0 must not include A_1.
+    r = torch.tensor([[0.0], [10.0]])
+    v = torch.zeros(2, 1)
+    nv = torch.ones(2, 1)
+    for term0, trunc0 in ((True, False), (False, True)):
+        term = torch.tensor([[term0], [False]])
+        trunc = torch.tensor([[trunc0], [False]])
+        adv, _ = compute_gae(r, v, nv, term, trunc, gamma=0.9, lam=1.0)
+        assert adv[0, 0].item() == pytest.approx(0.0 if term0 else 0.9)
+
+
+def test_truncated_steps_bootstrap_from_final_obs_value() -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(3, 1)
+    obs = torch.randn(4, 2, 3)
+    final_obs = torch.randn(3, 2, 3)
+    truncated = torch.zeros(3, 2, dtype=torch.bool)
+    truncated[1, 0] = True
+    with torch.no_grad():
+        values, next_values = values_and_bootstrap(model, obs, final_obs, truncated)
+        assert next_values[1, 0].item() == pytest.approx(model.value(final_obs[1, 0][None]).item(), rel=1e-5)
+        assert next_values[1, 1].item() == pytest.approx(model.value(obs[2, 1][None]).item(), rel=1e-5)
+        assert next_values[2, 0].item() == pytest.approx(model.value(obs[3, 0][None]).item(), rel=1e-5)
+        assert values[0, 1].item() == pytest.approx(model.value(obs[0, 1][None]).item(), rel=1e-5)
+
+
+def _loss(new_logp, old_logp, adv, cfg=None, beta=0.0, new_v=0.0, old_v=0.0, ret=0.0):
+    cfg = cfg or PPOConfig()
+    t = lambda x: torch.as_tensor(x, dtype=torch.float64).reshape(-1)  # noqa: E731
+    n = len(t(new_logp))
+    return ppo_loss(t(new_logp), t(old_logp), t(adv), t(new_v).expand(n), t(old_v).expand(n), t(ret).expand(n),
+                    torch.zeros(n, dtype=torch.float64), cfg, beta)
+
+
+def test_ratio_one_gives_zero_clipfrac_and_kl() -> None:
+    out = _loss([-1.0, -2.0, 0.5], [-1.0, -2.0, 0.5], [1.0, -2.0, 4.0])
+    assert out.clipfrac.item() == 0.0
+    assert out.approx_kl.item() == 0.0
+    assert out.policy_loss.item() == pytest.approx(-(1.0 - 2.0 + 4.0) / 3)
+
+
+@pytest.mark.parametrize(
+    ("adv", "ratio", "expected", "clipped"),
+    [
+        (1.0, 1.5, -1.2, True),  # positive advantage, ratio above 1+eps: clipped, no gradient
+        (1.0, 0.5, -0.5, False),  # positive advantage, ratio below: unclipped
+        (-1.0, 0.5, 0.8, True),  # negative advantage, ratio below 1-eps: clipped
+        (-1.0, 1.5, 1.5, False),  # negative advantage, ratio above: unclipped
+    ],
+)
+def test_clipping_engages_on_the_right_side(adv: float, ratio: float, expected: float, clipped: bool) -> None:
+    new_logp = torch.tensor([np.log(ratio)], dtype=torch.float64, requires_grad=True)
+    cfg = PPOConfig(clip_coef=0.2)
+    out = ppo_loss(new_logp, torch.zeros(1, dtype=torch.float64), torch.tensor([adv], dtype=torch.float64),
+                   torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), cfg)
+    assert out.policy_loss.item() == pytest.approx(expected)
+    assert out.clipfrac.item() == 1.0
+    out.policy_loss.backward()
+    assert (new_logp.grad.item() == 0.0) == clipped
+
+
+def test_value_loss_clipping_by_hand() -> None:
+    cfg = PPOConfig(clip_coef=0.2, clip_vloss=True)
+    # new value 1.0 moved 1.0 from old 0.0; clipped to 0.2. Return 2.0: (1-2)^2=1, (0.2-2)^2=3.24.
+    out = _loss([0.0], [0.0], [0.0], cfg, new_v=1.0, old_v=0.0, ret=2.0)
+    assert out.value_loss.item() == pytest.approx(0.5 * 3.24)
+    out = _loss([0.0], [0.0], [0.0], PPOConfig(clip_vloss=False), new_v=1.0, old_v=0.0, ret=2.0)
+    assert out.value_loss.item() == pytest.approx(0.5)
+
+
+def test_penalty_loss_and_beta_adaptation() -> None:
+    cfg = PPOConfig(loss="penalty")
+    ratio = np.array([1.1, 0.8])
+    adv = np.array([2.0, -1.0])
+    out = _loss(np.log(ratio), [0.0, 0.0], adv, cfg, beta=3.0)
+    kl = np.mean((ratio - 1) - np.log(ratio))
+    assert out.approx_kl.item() == pytest.approx(kl)
+    assert out.policy_loss.item() == pytest.approx(np.mean(-adv * ratio) + 3.0 * kl)
+    assert adapt_beta(1.0, kl=0.1, kl_target=0.01) == 2.0
+    assert adapt_beta(1.0, kl=0.001, kl_target=0.01) == 0.5
+    assert adapt_beta(1.0, kl=0.01, kl_target=0.01) == 1.0
+    assert adapt_beta(1.0, kl=0.0149, kl_target=0.01) == 1.0
+
+
+def test_explained_variance() -> None:
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained_variance(y, y) == pytest.approx(1.0)
+    assert explained_variance(torch.full((4,), 2.5), y) == pytest.approx(0.0)
+
+
+def test_ppo_update_improves_the_surrogate_and_stays_finite() -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(4, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    obs = torch.randn(256, 4)
+    with torch.no_grad():
+        dist = model.distribution(obs)
+        actions = dist.sample()
+        logp = dist.log_prob(actions).sum(-1)
+        values = model.value(obs)
+    adv = actions[:, 0] - actions[:, 0].mean()  # reward the first action dimension being high
+    batch = Batch(obs, actions, logp, adv, adv + values, values)
+    cfg = PPOConfig(epochs=4, minibatches=4)
+    stats = ppo_update(model, opt, batch, cfg, beta=0.0, generator=torch.Generator().manual_seed(0))
+    assert all(np.isfinite(v) for v in stats.values())
+    with torch.no_grad():
+        new_logp = model.distribution(obs).log_prob(actions).sum(-1)
+    assert ((new_logp - logp) * adv).mean() > 0  # likelihood moved towards positive advantages
+    assert stats["clipfrac"] > 0
+
+
+def test_running_mean_std_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    chunks = [rng.normal(3.0, 2.0, size=(n, 5)) for n in (1, 17, 200, 3)]
+    rms = RunningMeanStd(5)
+    for c in chunks:
+        rms.update(c)
+    every = np.concatenate(chunks)
+    np.testing.assert_allclose(rms.mean, every.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rms.var, every.var(axis=0), rtol=1e-10)
+    assert rms.count == len(every)
+
+
+def test_numpy_policy_matches_torch_policy() -> None:
+    torch.manual_seed(3)
+    model = ActorCritic(31, 6, hidden=(32, 16))
+    model.obs_mean.copy_(torch.randn(31))
+    model.obs_var.copy_(torch.rand(31) + 0.5)
+    policy = NumpyPolicy(model.weights(version=7))
+    assert policy.version == 7
+    obs = np.random.default_rng(0).normal(size=(9, 31)).astype(np.float32) * 3
+    with torch.no_grad():
+        dist = model.distribution(torch.as_tensor(obs))
+    np.testing.assert_allclose(policy.mean(obs), dist.mean.numpy(), rtol=1e-5, atol=1e-6)
+    actions, logp = policy.act(obs, np.random.default_rng(0))
+    with torch.no_grad():
+        ref_logp = dist.log_prob(torch.as_tensor(actions)).sum(-1).numpy()
+    np.testing.assert_allclose(logp, ref_logp, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,122 @@
+"""The training driver on a real local Ray cluster (2 CPUs): modes, resume, actor death."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from learner import checkpoint
+from learner import config as C
+from learner.trainer import Trainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def small_config(**overrides) -> C.Config:
+    base = {
+        "env.id": "Pendulum-v1", "env.envs_per_actor": 4, "rollout.actors": 2, "rollout.fragment_length": 32,
+        "ppo.minibatches": 4, "ppo.epochs": 2, "train.total_steps": 3 * 2 * 4 * 32, "train.video": False,
+        "train.checkpoint_every": 1,
+    }
+    base.update(overrides)
+    cfg = C.load(None, base)
+    C.validate(cfg)
+    return cfg
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sync_mode_trains_on_current_version_only(tmp_path: Path) -> None:
+    Trainer(small_config(), tmp_path).run()
+    recs = records(tmp_path)
+    assert [r["iteration"] for r in recs] == [1, 2, 3]
+    assert [r["policy_version"] for r in recs] == [0, 1, 2]
+    for r in recs:
+        assert r["fragment_versions"] == [r["policy_version"]] * 2
+        assert sorted(r["fragment_workers"]) == [0, 1]
+        assert r["iteration_steps"] == 2 * 4 * 32
+        for key in ("approx_kl", "clipfrac", "explained_variance", "entropy", "env_steps_per_s", "time_update"):
+            assert key in r
+    assert recs[-1]["env_steps"] == 768
+    assert checkpoint.latest(tmp_path / "checkpoints")[0].name == "ckpt-000000003.pt"
+
+
+def test_async_mode_drops_and_counts_stale_fragments(tmp_path: Path) -> None:
+    cfg = small_config(**{"train.mode": "async", "train.max_policy_lag": 0, "train.fragments_per_update": 1,
+                          "train.total_steps": 12 * 4 * 32})
+    Trainer(cfg, tmp_path).run()
+    recs = records(tmp_path)
+    assert recs[-1]["env_steps"] >= 12 * 4 * 32
+    # Two actors, an update after every fragment, no lag allowed: the other actor's fragment in
+    # flight during an update is always one version behind, so drops must happen and be counted.
+    assert recs[-1]["dropped_fragments"] > 0
+    for r in recs:
+        assert all(r["policy_version"] - v <= 0 for v in r["fragment_versions"])
+    lagged = small_config(**{"train.mode": "async", "train.max_policy_lag": 3, "train.fragments_per_update": 1,
+                             "train.total_steps": 12 * 4 * 32})
+    Trainer(lagged, tmp_path / "lagged").run()
+    recs = records(tmp_path / "lagged")
+    lags = [r["policy_version"] - v for r in recs for v in r["fragment_versions"]]
+    assert max(lags) >= 1 and max(lags) <= 3  # stale-but-allowed fragments are used
+    assert recs[-1]["dropped_fragments"] == 0
+
+
+def test_resume_continues_with_identical_counters_and_weights(tmp_path: Path) -> None:
+    Trainer(small_config(), tmp_path).run()
+    path, saved = checkpoint.latest(tmp_path / "checkpoints")
+    resumed = Trainer(small_config(**{"train.total_steps": 5 * 2 * 4 * 32}), tmp_path, resume=True)
+    assert resumed.resumed_from == path
+    assert resumed.counters.iteration == saved["counters"]["iteration"] == 3
+    assert resumed.counters.env_steps == saved["counters"]["env_steps"] == 768
+    assert resumed.learner.version == 3
+    for k, v in saved["model"].items():
+        assert torch.equal(resumed.learner.model.state_dict()[k], v), k
+    opt_saved = saved["learner"]["optimizer"]["state"]
+    opt_now = resumed.learner.optimizer.state_dict()["state"]
+    assert all(torch.equal(opt_saved[i]["exp_avg"], opt_now[i]["exp_avg"]) for i in opt_saved)
+    assert resumed.learner.normalizer.count == saved["learner"]["normalizer"]["count"] > 0
+    resumed.run()
+    recs = records(tmp_path)
+    assert [r["iteration"] for r in recs] == [1, 2, 3, 4, 5]
+    assert [r["policy_version"] for r in recs] == [0, 1, 2, 3, 4]
+    assert recs[-1]["env_steps"] == 5 * 2 * 4 * 32
+
+
+def test_killed_actor_does_not_stop_training(tmp_path: Path) -> None:
+    cfg = small_config(**{"train.total_steps": 60 * 2 * 4 * 32, "train.checkpoint_every": 100})
+    trainer = Trainer(cfg, tmp_path)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(trainer.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists() or len(records(tmp_path)) < 3:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    old_pid = ray.get(trainer.workers[0].pid.remote())
+    os.kill(old_pid, signal.SIGKILL)  # the actor's process, for real
+    killed_at = len(records(tmp_path))
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    recs = records(tmp_path)
+    assert result["env_steps"] >= cfg.train.total_steps
+    assert recs[-1]["actor_failures"] >= 1 and recs[-1]["lost_fragments"] >= 1
+    after = recs[killed_at + 1 :]
+    assert any(r["fragments"] == 1 for r in after)  # an update went ahead without the dead actor
+    assert any(0 in r["fragment_workers"] for r in after)  # the restarted actor was used again
+    for r in recs:  # every fragment in an update still came from the current weights
+        assert r["fragment_versions"] == [r["policy_version"]] * r["fragments"]
