@@ -79,6 +79,6 @@ class BatchedBipedEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             infos["_final_info"] = done.copy()
             for i in idx:
                 self.sim.reset(int(i), self._rngs[i])
-            obs[idx] = self.sim.observe()[idx]
+            obs[idx] = self.sim.observe(idx)
         self._obs = obs
         return obs.copy(), t.reward, terminated, truncated, infos

@@ -241,26 +241,31 @@ class BipedSim:
         self._warnings = warnings
         return diverged
 
-    def observe(self) -> np.ndarray:
-        """The 31-value observation of every robot, [B, 31] float32 (layout in docs/biped.md)."""
-        qpos, qvel = self.qpos, self.qvel
+    def observe(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The 31-value observation of every robot (or of `rows`), [B or len(rows), 31] float32
+        (layout in docs/biped.md). Also keeps their Euler angles for `end_reasons`."""
+        sel = slice(None) if rows is None else rows
+        qpos, qvel = self.qpos[sel], self.qvel[sel]
+        n = qpos.shape[0]
         quat = qpos[:, 3:7]
-        obs = np.empty((self.num, OBS_DIM), dtype=np.float64)
+        obs = np.empty((n, OBS_DIM), dtype=np.float64)
         obs[:, 0] = qpos[:, 1]
         obs[:, 1] = (qpos[:, 2] - REFERENCE_HEIGHT) / HEIGHT_SCALE
         obs[:, 2:5] = qvel[:, 0:3]
-        self.euler = quat_to_euler(quat)
-        obs[:, 5:8] = self.euler
+        euler = quat_to_euler(quat)
+        self.euler[sel] = euler
+        obs[:, 5:8] = euler
         obs[:, 8:11] = rotate_to_world(quat, qvel[:, 3:6])
-        legs = np.empty((self.num, 6, 2))
+        legs = np.empty((n, 6, 2))
         legs[:, :, 0] = qpos[:, self._qadr]
         legs[:, :, 1] = qvel[:, self._vadr]
-        obs[:, 11:23] = legs.reshape(self.num, 12)
+        obs[:, 11:23] = legs.reshape(n, 12)
+        touch = self.touch[sel]
         if self.params.contact_mode == "flag":
-            obs[:, 23:25] = self.touch > 0.0
+            obs[:, 23:25] = touch > 0.0
         else:
-            obs[:, 23:25] = self.touch / self._weight
-        obs[:, 25:31] = self.prev_action
+            obs[:, 23:25] = touch / self._weight
+        obs[:, 25:31] = self.prev_action[sel]
         return obs.astype(np.float32)
 
     def reward_terms(self, obs: np.ndarray) -> dict[str, np.ndarray]:
