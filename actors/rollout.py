@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from actors.envs import BIPED_ID
 from actors.policy import NumpyPolicy
-from actors.trajectory import EpisodeStats, Trajectory, Weights
+from actors.trajectory import EpisodeStats, Trajectory, Weights, rss_bytes
 
 log = logging.getLogger(__name__)
 MAX_ENV_ERRORS_PER_FRAGMENT = 100
@@ -160,4 +160,5 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         episodes=EpisodeStats(np.array(ep_returns), np.array(ep_lengths, dtype=np.int64), tuple(ep_ended)),
         env_errors=errors,
         sample_seconds=time.perf_counter() - start,
+        rss_bytes=rss_bytes(),
     )

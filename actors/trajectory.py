@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ class Trajectory:
     episodes: EpisodeStats = field(default_factory=EpisodeStats.empty)
     env_errors: int = 0  # env exceptions caught (and envs reset) while collecting
     sample_seconds: float = 0.0  # wall time the worker spent collecting this fragment
+    rss_bytes: int = 0  # resident memory of the process that collected it
 
     @property
     def num_steps(self) -> int:
@@ -61,6 +63,15 @@ class Trajectory:
         for name in ("obs", "actions", "logp", "rewards", "final_obs"):
             if not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"trajectory.{name} contains NaN or inf")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass(frozen=True)

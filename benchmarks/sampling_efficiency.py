@@ -108,8 +108,8 @@ def main() -> None:
     for n in counts:
         for mode in ("sync", "async"):
             sel = [r for r in rows if r[0] == n and r[1] == mode]
-            med = lambda k: statistics.median(r[k] for r in sel)  # noqa: E731
-            print(f"{n:>6} {mode:>6} {med(2):>21,.0f} {med(3):>19,.0f} {med(4):>10.2f}")
+            base, rate, eff = (statistics.median(r[k] for r in sel) for k in (2, 3, 4))
+            print(f"{n:>6} {mode:>6} {base:>21,.0f} {rate:>19,.0f} {eff:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from actors.trajectory import Trajectory
+from actors.trajectory import Trajectory, rss_bytes
 from actors.worker import remote_worker_class
 from learner import checkpoint
 from learner.config import Config, local_cpus, resolve_device
@@ -319,6 +319,8 @@ class Trainer:
             "time_sample": t_sample,
             "time_broadcast": t_bcast,
             "weights_bytes": nbytes,
+            "learner_rss_bytes": rss_bytes(),
+            "actor_rss_bytes_max": max(f.rss_bytes for f in fragments),
             "time_iteration": wall,
             "wall_time": time.time(),
             **{k: v for k, v in asdict(c).items() if k not in ("iteration", "env_steps", "episodes")},
