@@ -117,6 +117,10 @@ class TrainConfig:
     """Ray cluster address ('' : join RAY_ADDRESS if set, else start a local Ray; 'auto')."""
     num_cpus: int = 0
     """CPUs for an embedded local Ray (0: all local cores)."""
+    metrics_port: int = 9470
+    """Port of the Prometheus /metrics endpoint served by the learner process (0: off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to (0.0.0.0 to let Prometheus on other hosts scrape)."""
 
 
 @dataclass
@@ -251,6 +255,7 @@ def validate(cfg: Config) -> None:
     _check(t.fragments_per_update >= 0, "train.fragments_per_update", f"must be >= 0, got {t.fragments_per_update}")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _check(0 <= t.metrics_port <= 65535, "train.metrics_port", f"must be in 0..65535, got {t.metrics_port}")
     _check(t.num_cpus >= 0, "train.num_cpus", f"must be >= 0, got {t.num_cpus}")
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),

@@ -5,6 +5,7 @@ Knows nothing of Ray: `update(fragments)` takes `Trajectory` objects from wherev
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -106,7 +107,14 @@ class Learner:
             returns=returns.reshape(-1),
             values=values.reshape(-1),
         )
-        stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator)
+        # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
+        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        try:
+            stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator)
+        except FloatingPointError:
+            self.model.load_state_dict(saved[0])
+            self.optimizer.load_state_dict(saved[1])
+            raise
         beta_used = self.beta
         if self.cfg.ppo.loss == "penalty":
             self.beta = adapt_beta(self.beta, stats["approx_kl"], self.cfg.ppo.kl_target)
@@ -124,6 +132,9 @@ class Learner:
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
         )
         return stats
+
+    def gpu_memory_bytes(self) -> int | None:
+        return int(torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else None
 
     def state_dict(self) -> dict[str, Any]:
         return {

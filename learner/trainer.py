@@ -24,13 +24,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from actors.trajectory import Trajectory, rss_bytes
+from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
 from actors.worker import remote_worker_class
 from learner import checkpoint
 from learner.config import Config, local_cpus, resolve_device
@@ -49,6 +49,15 @@ class Counters:
     actor_failures: int = 0
     env_errors: int = 0
     rejected_fragments: int = 0
+    nan_updates: int = 0
+
+
+class Observer(Protocol):
+    """What the trainer tells the outside world (metrics exporters, tests)."""
+
+    def on_iteration(self, record: dict[str, Any], episodes: EpisodeStats) -> None: ...
+
+    def on_checkpoint(self, path: Path, when: float) -> None: ...
 
 
 def env_spaces(cfg: Config) -> tuple[int, int]:
@@ -115,7 +124,8 @@ def _fmt_time(s: float) -> str:
 class Trainer:
     """Train `cfg` in `run_dir` (created, or resumed from its last checkpoint)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress_stream: Any = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress_stream: Any = None,
+                 observers: list[Observer] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -137,6 +147,8 @@ class Trainer:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.progress = Progress(cfg.train.total_steps, progress_stream)
         self.workers: list[Any] = []
+        self.alive: set[int] = set()
+        self.observers = list(observers or [])
         self.last_checkpoint_time = time.time()
         self._stop = False
 
@@ -151,6 +163,7 @@ class Trainer:
         self.workers = [
             cls.remote(i, self.cfg.env.id, self.cfg.env.envs_per_actor, seed, self.cfg.env.kwargs) for i in range(n)
         ]
+        self.alive = set(range(n))
         log.info("%d rollout actors x %d envs, fragments of %d steps, learner on %s, mode %s",
                  n, self.cfg.env.envs_per_actor, self.cfg.rollout.fragment_length, self.device, self.cfg.train.mode)
 
@@ -168,6 +181,7 @@ class Trainer:
         try:
             frag = ray.get(obj)
         except RayActorError as exc:
+            self.alive.discard(worker)
             self.counters.actor_failures += 1
             self.counters.lost_fragments += 1
             log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it",
@@ -179,10 +193,12 @@ class Trainer:
             self.counters.rejected_fragments += 1
             log.warning("rejected a fragment from actor %d: %s", worker, exc)
             return None
+        self.alive.add(worker)
         self.counters.env_errors += frag.env_errors
         return frag
 
     def _restart_hung(self, worker: int) -> None:
+        self.alive.discard(worker)
         self.counters.actor_failures += 1
         self.counters.lost_fragments += 1
         log.warning("rollout actor %d sent nothing for %.0fs; killing it for a restart",
@@ -264,10 +280,21 @@ class Trainer:
                         log.warning("no fragment arrived this round; waiting for actors to come back")
                         time.sleep(1.0)
                         continue
-                    last = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
+                    try:
+                        last = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
+                    except FloatingPointError as exc:  # the learner restored its weights
+                        self.counters.nan_updates += 1
+                        log.warning("skipped a batch: %s", exc)
+                        continue
                     t_iter = time.perf_counter()
                     metrics.write(json.dumps(last) + "\n")
                     metrics.flush()
+                    episodes = EpisodeStats(
+                        np.concatenate([f.episodes.returns for f in fragments]),
+                        np.concatenate([f.episodes.lengths for f in fragments]),
+                    )
+                    for o in self.observers:
+                        o.on_iteration(last, episodes)
                     self.progress.show(self.counters.iteration, self.counters.env_steps, last)
                     if self.counters.iteration % self.cfg.train.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -320,6 +347,9 @@ class Trainer:
             "time_broadcast": t_bcast,
             "weights_bytes": nbytes,
             "learner_rss_bytes": rss_bytes(),
+            "gpu_memory_bytes": self.learner.gpu_memory_bytes(),
+            "actors": self.num_actors,
+            "actors_alive": len(self.alive),
             "actor_rss_bytes_max": max(f.rss_bytes for f in fragments),
             "time_iteration": wall,
             "wall_time": time.time(),
@@ -339,4 +369,6 @@ class Trainer:
         }
         path = checkpoint.save(self.ckpt_dir, self.counters.iteration, state, self.cfg.train.keep_checkpoints)
         self.last_checkpoint_time = time.time()
+        for o in self.observers:
+            o.on_checkpoint(path, self.last_checkpoint_time)
         return path

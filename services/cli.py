@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -27,6 +28,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "device": ("train.device", str),
     "address": ("train.address", str),
     "loss": ("ppo.loss", str),
+    "metrics_port": ("train.metrics_port", int),
+    "metrics_host": ("train.metrics_host", str),
 }
 
 
@@ -50,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override any config field, e.g. --set ppo.lr=1e-4 (repeatable)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     t.add_argument("--no-video", action="store_true", help="skip the final video")
+    t.add_argument("--metrics-port", type=int,
+                   help="Prometheus /metrics port of the learner process (default 9470; 0 turns it off)")
+    t.add_argument("--metrics-host", help="address the metrics endpoint binds to (default 127.0.0.1)")
     e = sub.add_parser("eval", help="mean return of a run's latest checkpoint over seeded episodes")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--episodes", type=int, default=10)
@@ -108,9 +114,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from learner.evaluate import final_video, plot_curve
     from learner.trainer import Trainer
+    from services.metrics import StrideMetrics, serve
 
     log = logging.getLogger("stride")
-    trainer = Trainer(cfg, run_dir, resume=args.resume is not None)
+    metrics = StrideMetrics(run_id=run_dir.name, mode=cfg.train.mode)
+    server = None
+    if cfg.train.metrics_port:
+        server = serve(metrics.registry, cfg.train.metrics_port, cfg.train.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", cfg.train.metrics_host, cfg.train.metrics_port)
+    trainer = Trainer(cfg, run_dir, resume=args.resume is not None, observers=[metrics])
+    if args.resume is not None and (run_dir / "metrics.jsonl").exists():
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        if lines:
+            metrics.start_from(json.loads(lines[-1]))
     log.info("run folder %s", run_dir)
     code = 0
     try:
@@ -125,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info(final_video(run_dir, run_dir / "walk.mp4"))
     if last:
         log.info("done: %d env steps, last mean return %s", last["env_steps"], last.get("episode_return_mean"))
+    if server is not None:
+        server.shutdown()
     return code
 
 
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return cmd_train(args) if args.command == "train" else cmd_eval(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"stride {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
