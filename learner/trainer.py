@@ -79,8 +79,11 @@ def start_ray(cfg: Config) -> None:
     address = cfg.train.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        log.info("joined the Ray cluster at %s (%d CPUs)", address, int(ray.cluster_resources().get("CPU", 0)))
     else:
-        ray.init(num_cpus=cfg.train.num_cpus or local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+        cpus = cfg.train.num_cpus or local_cpus()
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+        log.info("started a local Ray with %d CPUs", cpus)
 
 
 class Progress:
