@@ -178,3 +178,21 @@ def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> An
             f"choose another with --metrics-port, or --metrics-port 0 to disable"
         ) from None
     return server
+
+
+RPC_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+class RpcMetrics:
+    """Per-RPC metrics of the gRPC services (count by status code, latency)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("stride_grpc_requests", "gRPC requests handled, by final status code",
+                                ("service", "method", "code"), registry=registry)
+        self.latency = Histogram("stride_grpc_request_duration_seconds", "gRPC request handling time",
+                                 ("service", "method"), buckets=RPC_LATENCY_BUCKETS, registry=registry)
+
+    def observe(self, full_method: str, code: str, seconds: float) -> None:
+        _, service, method = full_method.split("/", 2) if full_method.count("/") == 2 else ("", "?", full_method)
+        self.requests.labels(service, method, code).inc()
+        self.latency.labels(service, method).observe(seconds)

@@ -7,9 +7,13 @@ import json
 import os
 import re
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -123,6 +127,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_cluster(temp_dir: str) -> None:
+    """Stop only the Ray processes of the cluster rooted at `temp_dir` (`ray stop` would stop
+    every Ray on the machine, a user's training run included)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if temp_dir.encode() in cmdline and int(entry) != os.getpid():
+                    pids.append(int(entry))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            return
+        time.sleep(2)
+
+
 def test_real_ray_job_submission(tmp_path: Path) -> None:
     """`ray start --head` on loopback, `ray job submit --working-dir .` a short training run,
     wait for success, check the run's outputs, stop the cluster."""
@@ -131,23 +158,29 @@ def test_real_ray_job_submission(tmp_path: Path) -> None:
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
     run_dir = tmp_path / "job-run"
+    temp_dir = tempfile.mkdtemp(prefix="strray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+        [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
          "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert start.returncode == 0, start.stderr[-2000:]
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".", "--",
-             "stride", "train", "--env", "Pendulum-v1", "--actors", "2", "--envs-per-actor", "4",
-             "--fragment-length", "32", "--total-steps", "512", "--set", "ppo.minibatches=4", "--no-video",
-             "--metrics-port", "0", "--run-dir", str(run_dir)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        out = job.stdout + job.stderr
+        submit = [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".",
+                  "--", "stride", "train", "--env", "Pendulum-v1", "--actors", "2", "--envs-per-actor", "4",
+                  "--fragment-length", "32", "--total-steps", "512", "--set", "ppo.minibatches=4", "--no-video",
+                  "--metrics-port", "0", "--run-dir", str(run_dir)]
+        deadline = time.monotonic() + 60
+        while True:  # `ray start` returns before the head's job agent is up: retry only that answer
+            job = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+            out = job.stdout + job.stderr
+            if "No available agent to submit job" not in out or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0 and "succeeded" in out, out[-3000:]
         assert "joined the Ray cluster" in out and "started a local Ray" not in out, out[-2000:]
         recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert recs[-1]["env_steps"] == 512
         assert list((run_dir / "checkpoints").glob("ckpt-*.pt")) and (run_dir / "config.yaml").exists()
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
