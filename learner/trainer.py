@@ -148,12 +148,27 @@ class Trainer:
             log.info("resumed from %s at iteration %d, %d env steps",
                      self.resumed_from.name, self.counters.iteration, self.counters.env_steps)
         self.metrics_path = run_dir / "metrics.jsonl"
+        if resume:
+            self._truncate_metrics(self.counters.iteration)
         self.progress = Progress(cfg.train.total_steps, progress_stream)
         self.workers: list[Any] = []
         self.alive: set[int] = set()
         self.observers = list(observers or [])
         self.last_checkpoint_time = time.time()
         self._stop = False
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drop records of updates after the checkpoint: a crash lost them, and the resumed run
+        redoes those iterations. Rewritten atomically."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["iteration"] <= iteration]
+        if len(kept) != len(lines):
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.metrics_path)
+            log.info("dropped %d metrics records past the checkpoint", len(lines) - len(kept))
 
     # -- actors -------------------------------------------------------------------------
     def _spawn_workers(self) -> None:

@@ -162,6 +162,9 @@ def test_real_ray_job_submission(tmp_path: Path) -> None:
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
+         # Own ports for every agent: another Ray on this machine (a user's run) holds the defaults.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
          "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert start.returncode == 0, start.stderr[-2000:]

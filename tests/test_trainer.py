@@ -79,6 +79,9 @@ def test_async_mode_drops_and_counts_stale_fragments(tmp_path: Path) -> None:
 def test_resume_continues_with_identical_counters_and_weights(tmp_path: Path) -> None:
     Trainer(small_config(), tmp_path).run()
     path, saved = checkpoint.latest(tmp_path / "checkpoints")
+    # As if the learner had crashed after one more update that no checkpoint saved:
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"iteration": 4, "env_steps": 1024, "lost": True}) + "\n")
     resumed = Trainer(small_config(**{"train.total_steps": 5 * 2 * 4 * 32}), tmp_path, resume=True)
     assert resumed.resumed_from == path
     assert resumed.counters.iteration == saved["counters"]["iteration"] == 3
@@ -92,7 +95,8 @@ def test_resume_continues_with_identical_counters_and_weights(tmp_path: Path) ->
     assert resumed.learner.normalizer.count == saved["learner"]["normalizer"]["count"] > 0
     resumed.run()
     recs = records(tmp_path)
-    assert [r["iteration"] for r in recs] == [1, 2, 3, 4, 5]
+    assert [r["iteration"] for r in recs] == [1, 2, 3, 4, 5]  # the lost update's record is gone
+    assert not any(r.get("lost") for r in recs)
     assert [r["policy_version"] for r in recs] == [0, 1, 2, 3, 4]
     assert recs[-1]["env_steps"] == 5 * 2 * 4 * 32
 
