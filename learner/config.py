@@ -121,6 +121,10 @@ class TrainConfig:
     """Port of the Prometheus /metrics endpoint served by the learner process (0: off)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to (0.0.0.0 to let Prometheus on other hosts scrape)."""
+    experience_port: int = 0
+    """Port of the gRPC ExperienceService for actors outside Ray (0: off)."""
+    experience_host: str = "127.0.0.1"
+    """Address the ExperienceService binds to."""
 
 
 @dataclass
@@ -255,6 +259,8 @@ def validate(cfg: Config) -> None:
     _check(t.fragments_per_update >= 0, "train.fragments_per_update", f"must be >= 0, got {t.fragments_per_update}")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _check(0 <= t.experience_port <= 65535, "train.experience_port",
+           f"must be in 0..65535, got {t.experience_port}")
     _check(0 <= t.metrics_port <= 65535, "train.metrics_port", f"must be in 0..65535, got {t.metrics_port}")
     _check(t.num_cpus >= 0, "train.num_cpus", f"must be >= 0, got {t.num_cpus}")
     _check(

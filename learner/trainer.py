@@ -60,6 +60,15 @@ class Observer(Protocol):
     def on_checkpoint(self, path: Path, when: float) -> None: ...
 
 
+class ExternalSource(Protocol):
+    """Fragments from actors outside Ray (the gRPC ExperienceService): the trainer publishes
+    every weights version to it and drains what arrived each round."""
+
+    def publish(self, weights: Any) -> None: ...
+
+    def drain(self) -> list[Trajectory]: ...
+
+
 def env_spaces(cfg: Config) -> tuple[int, int]:
     import gymnasium as gym
 
@@ -128,7 +137,7 @@ class Trainer:
     """Train `cfg` in `run_dir` (created, or resumed from its last checkpoint)."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress_stream: Any = None,
-                 observers: list[Observer] | None = None) -> None:
+                 observers: list[Observer] | None = None, external: ExternalSource | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -154,6 +163,7 @@ class Trainer:
         self.workers: list[Any] = []
         self.alive: set[int] = set()
         self.observers = list(observers or [])
+        self.external = external
         self.last_checkpoint_time = time.time()
         self._stop = False
 
@@ -189,6 +199,8 @@ class Trainer:
         t0 = time.perf_counter()
         weights = self.learner.weights()
         ref = ray.put(weights)
+        if self.external is not None:
+            self.external.publish(weights)
         return weights.version, [ref], time.perf_counter() - t0, weights.nbytes
 
     def _submit(self, i: int, version: int, ref: list[ray.ObjectRef]) -> ray.ObjectRef:
@@ -214,6 +226,19 @@ class Trainer:
         self.alive.add(worker)
         self.counters.env_errors += frag.env_errors
         return frag
+
+    def _external_fragments(self, max_lag: int) -> list[Trajectory]:
+        """Fragments pushed by actors outside Ray, under the same staleness rule."""
+        if self.external is None:
+            return []
+        fresh = []
+        for frag in self.external.drain():
+            if self.learner.version - frag.policy_version > max_lag:
+                self.counters.dropped_fragments += 1
+            else:
+                self.counters.env_errors += frag.env_errors
+                fresh.append(frag)
+        return fresh
 
     def _restart_hung(self, worker: int) -> None:
         self.alive.discard(worker)
@@ -245,6 +270,7 @@ class Trainer:
                         if frag.policy_version != version:
                             raise AssertionError(f"sync mode got version {frag.policy_version}, expected {version}")
                         fragments.append(frag)
+            fragments += self._external_fragments(max_lag=0)  # sync: only the current version
             yield fragments, time.perf_counter() - t0, t_bcast, nbytes
 
     def _async_batches(self):
@@ -266,6 +292,7 @@ class Trainer:
                     self.counters.dropped_fragments += 1
                     continue
                 buffer.append(frag)
+            buffer += self._external_fragments(self.cfg.train.max_policy_lag)
             now = time.monotonic()
             for obj, (i, since) in list(inflight.items()):
                 if now - since > timeout:

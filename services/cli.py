@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,19 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "loss": ("ppo.loss", str),
     "metrics_port": ("train.metrics_port", int),
     "metrics_host": ("train.metrics_host", str),
+    "experience_port": ("train.experience_port", int),
+    "experience_host": ("train.experience_host", str),
 }
+
+
+def _security_flags(p: argparse.ArgumentParser, server: bool) -> None:
+    p.add_argument("--token-file", type=Path,
+                   help="file holding the bearer token (default: the STRIDE_TOKEN environment variable, if set)")
+    if server:
+        p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
+        p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    else:
+        p.add_argument("--tls-ca", type=Path, help="PEM CA certificate: connect over TLS")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,12 +69,37 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics-port", type=int,
                    help="Prometheus /metrics port of the learner process (default 9470; 0 turns it off)")
     t.add_argument("--metrics-host", help="address the metrics endpoint binds to (default 127.0.0.1)")
+    t.add_argument("--experience-port", type=int,
+                   help="serve the gRPC ExperienceService on this port for actors outside Ray (default off)")
+    t.add_argument("--experience-host", help="address the ExperienceService binds to (default 127.0.0.1)")
+    _security_flags(t, server=True)
     e = sub.add_parser("eval", help="mean return of a run's latest checkpoint over seeded episodes")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--video", type=Path, help="also write a video of one episode (.mp4 or .gif)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of using the mean")
+    s = sub.add_parser("serve", help="serve a run's policy over gRPC (PolicyService)")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--follow", action="store_true", help="serve each newer checkpoint of a live run as it lands")
+    s.add_argument("--max-batch", type=int, default=4096, help="largest observation batch per request")
+    s.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port for the RPC metrics")
+    _security_flags(s, server=True)
+    a = sub.add_parser("actor", help="a rollout actor outside Ray, feeding a learner's ExperienceService")
+    a.add_argument("--connect", required=True, metavar="HOST:PORT")
+    a.add_argument("--env", default="stride/BipedWalker-v0")
+    a.add_argument("--envs", type=int, default=16)
+    a.add_argument("--fragment-length", type=int, default=128)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--fragments", type=int, help="stop after this many fragments")
+    a.add_argument("--seconds", type=float, help="stop after this long")
+    _security_flags(a, server=False)
+    x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX or TorchScript file")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    x.add_argument("--out", type=Path, help="output file (default RUN_DIR/policy.onnx or policy.pt)")
     return p
 
 
@@ -122,7 +160,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.train.metrics_port:
         server = serve(metrics.registry, cfg.train.metrics_port, cfg.train.metrics_host)
         log.info("metrics on http://%s:%d/metrics", cfg.train.metrics_host, cfg.train.metrics_port)
-    trainer = Trainer(cfg, run_dir, resume=args.resume is not None, observers=[metrics])
+    hub = experience = None
+    if cfg.train.experience_port:
+        from learner.trainer import env_spaces
+        from services.metrics import RpcMetrics
+        from services.rpc import experience_service as es
+        from services.rpc.server import Server
+
+        obs_dim, act_dim = env_spaces(cfg)
+        hub = es.ExperienceHub(obs_dim, act_dim, cfg.train.max_policy_lag if cfg.train.mode == "async" else 0)
+        experience = Server(es.register(es.ExperienceServicer(hub)), cfg.train.experience_host,
+                            cfg.train.experience_port, _security(args), RpcMetrics(metrics.registry))
+        log.info("ExperienceService on %s", experience.address)
+    trainer = Trainer(cfg, run_dir, resume=args.resume is not None, observers=[metrics], external=hub)
     if args.resume is not None and (run_dir / "metrics.jsonl").exists():
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         if lines:
@@ -143,7 +193,71 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("done: %d env steps, last mean return %s", last["env_steps"], last.get("episode_return_mean"))
     if server is not None:
         server.shutdown()
+    if experience is not None:
+        experience.stop()
     return code
+
+
+def _security(args: argparse.Namespace):  # noqa: ANN202
+    from services.rpc.server import Security
+
+    return Security.from_sources(args.token_file, tls_cert=getattr(args, "tls_cert", None),
+                                 tls_key=getattr(args, "tls_key", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from services.metrics import RpcMetrics
+    from services.rpc import policy_service as ps
+    from services.rpc.server import Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    registry = None
+    if args.metrics_port:
+        from prometheus_client import CollectorRegistry
+
+        from services.metrics import serve as serve_metrics
+
+        registry = CollectorRegistry()
+        serve_metrics(registry, args.metrics_port, args.host)
+    source = ps.PolicySource(args.run_dir, follow=args.follow)
+    server = Server(ps.register(ps.PolicyServicer(source, args.max_batch)), args.host, args.port, _security(args),
+                    RpcMetrics(registry) if registry is not None else None)
+    print(f"serving {source.checkpoint} (version {source.policy.version}) on {server.address}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=5.0)
+    source.close()
+    return 0
+
+
+def cmd_actor(args: argparse.Namespace) -> int:
+    from services.rpc.remote_actor import RemoteActor, RemoteActorConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("STRIDE_TOKEN")
+    actor = RemoteActor(RemoteActorConfig(args.connect, args.env, args.envs, args.fragment_length, args.seed,
+                                          token, args.tls_ca))
+    try:
+        actor.run(args.fragments, args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        actor.close()
+    print(f"pushed {actor.pushed} fragments: {actor.accepted} accepted, {actor.dropped} dropped as stale")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from learner.export import export
+
+    out = export(args.run_dir, args.format, args.out)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -164,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        return cmd_train(args) if args.command == "train" else cmd_eval(args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "serve": cmd_serve, "actor": cmd_actor,
+                    "export": cmd_export}
+        return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"stride {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,122 @@
+"""PolicyService: serve a trained policy from a run's checkpoint, with no trainer running.
+
+`PolicySource` holds the current weights; with `follow=True` it watches the run's checkpoint
+folder and swaps in each newer checkpoint, so a server attached to a live run always serves
+its newest weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from actors.policy import NumpyPolicy
+from learner.evaluate import load_policy
+from services.proto.stride.v1 import policy_pb2, policy_pb2_grpc
+from services.rpc.codec import RequestError, from_array, invalid, space, to_array
+from services.rpc.server import handle_errors
+
+log = logging.getLogger("stride.rpc")
+DEFAULT_MAX_BATCH = 4096
+
+
+class PolicySource:
+    """The policy to serve and where it came from; `follow` re-reads newer checkpoints."""
+
+    def __init__(self, run_dir: Path, follow: bool = False, poll_seconds: float = 2.0) -> None:
+        self.run_dir = run_dir
+        self._lock = threading.Lock()
+        self._load()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if follow:
+            self._thread = threading.Thread(target=self._watch, args=(poll_seconds,), daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        import gymnasium as gym
+
+        policy, state, path = load_policy(self.run_dir)
+        env_cfg = state["config"]["env"]
+        env = gym.make(env_cfg["id"], **env_cfg["kwargs"])
+        try:
+            obs_space, act_space = env.observation_space, env.action_space
+        finally:
+            env.close()
+        with self._lock:
+            self.policy: NumpyPolicy = policy
+            self.checkpoint = path
+            self.env_id = env_cfg["id"]
+            self.env_steps = int(state["counters"]["env_steps"])
+            self.obs_low, self.obs_high = obs_space.low.astype(np.float32), obs_space.high.astype(np.float32)
+            self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+
+    def _watch(self, poll: float) -> None:
+        from learner import checkpoint
+
+        while not self._stop.wait(poll):
+            paths = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+            if paths and paths[-1] != self.checkpoint:
+                try:
+                    self._load()
+                    log.info("now serving %s (version %d)", self.checkpoint.name, self.policy.version)
+                except (ValueError, FileNotFoundError) as exc:
+                    log.warning("could not load a newer checkpoint: %s", exc)
+
+    def snapshot(self) -> tuple[NumpyPolicy, np.ndarray, np.ndarray]:
+        with self._lock:
+            return self.policy, self.act_low, self.act_high
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, source: PolicySource, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.source = source
+        self.max_batch = max_batch
+
+    @handle_errors
+    def Act(self, request: policy_pb2.ActRequest, context: grpc.ServicerContext) -> policy_pb2.ActResponse:
+        policy, low, high = self.source.snapshot()
+        if not request.HasField("observations"):
+            raise invalid("observations: missing")
+        obs = from_array(request.observations, "observations", "float32", 2)
+        n, dim = obs.shape
+        if n == 0:
+            raise invalid("observations: empty batch (shape [0, ...])")
+        if n > self.max_batch:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"observations: batch of {n} exceeds the server's limit of {self.max_batch}")
+        if dim != policy.obs_mean.shape[0]:
+            raise invalid(f"observations: size {dim}, the policy expects {policy.obs_mean.shape[0]}")
+        if request.deterministic:
+            actions = policy.mean(obs)
+        else:
+            rng = np.random.default_rng(request.seed if request.seed else None)
+            actions, _ = policy.act(obs, rng)
+        actions = np.clip(actions, low, high).astype(np.float32)
+        return policy_pb2.ActResponse(actions=to_array(actions), policy_version=policy.version)
+
+    @handle_errors
+    def GetPolicyInfo(self, request: policy_pb2.GetPolicyInfoRequest,
+                      context: grpc.ServicerContext) -> policy_pb2.PolicyInfo:
+        s = self.source
+        with s._lock:
+            return policy_pb2.PolicyInfo(
+                env_id=s.env_id, observation_space=space(s.obs_low, s.obs_high),
+                action_space=space(s.act_low, s.act_high), policy_version=s.policy.version,
+                source=str(s.checkpoint), env_steps=s.env_steps, max_batch=self.max_batch,
+            )
+
+
+def register(servicer: PolicyServicer):  # noqa: ANN201 - returns the registration callback
+    def add(server: grpc.Server) -> list[str]:
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+        return [policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name]
+
+    return add
