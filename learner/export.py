@@ -7,6 +7,7 @@ policy MLP's mean, and clipping to the action space.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -47,18 +48,58 @@ def load_model(run_dir: Path) -> tuple[DeterministicPolicy, dict, Path]:
     return DeterministicPolicy(model, low, high).eval(), state, path
 
 
+METADATA_KEY = "stride_metadata"
+
+
 def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
-    """Write the policy of `run_dir`'s latest checkpoint as `fmt`; returns the file written."""
+    """Write the policy of `run_dir`'s latest checkpoint as `fmt`; returns the file written.
+
+    The file carries JSON metadata (env id, policy version, env steps, spaces, log-std) so a
+    server can describe and sample from it without the run folder: an ONNX metadata property
+    or a TorchScript extra file, both named `stride_metadata`.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    policy, state, _ = load_model(run_dir)
+    policy, state, path = load_model(run_dir)
     obs_dim = policy.model.obs_dim
     out = out or run_dir / ("policy.onnx" if fmt == "onnx" else "policy.pt")
+    meta = json.dumps({
+        "env_id": state["config"]["env"]["id"], "policy_version": int(state["learner"]["version"]),
+        "env_steps": int(state["counters"]["env_steps"]), "checkpoint": str(path), "obs_dim": obs_dim,
+        "act_low": policy.low.tolist(), "act_high": policy.high.tolist(),
+        "log_std": policy.model.log_std.detach().tolist(),
+    })
     example = torch.zeros(2, obs_dim)
     with torch.no_grad():
         if fmt == "torchscript":
-            torch.jit.trace(policy, example).save(str(out))
+            torch.jit.trace(policy, example).save(str(out), _extra_files={METADATA_KEY: meta})
         else:
             torch.onnx.export(policy, (example,), str(out), input_names=["observations"], output_names=["actions"],
                               dynamic_axes={"observations": {0: "batch"}, "actions": {0: "batch"}}, dynamo=False)
+            import onnx
+
+            proto = onnx.load(str(out))
+            onnx.helper.set_model_props(proto, {METADATA_KEY: meta})
+            onnx.save(proto, str(out))
     return out
+
+
+def read_exported(path: Path) -> tuple[dict, object]:
+    """(metadata, a callable obs [N, obs_dim] float32 -> deterministic actions) of an exported file."""
+    import numpy as np
+
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path))
+        meta = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+        return meta, lambda obs: session.run(None, {"observations": np.asarray(obs, np.float32)})[0]
+    files = {METADATA_KEY: ""}
+    module = torch.jit.load(str(path), _extra_files=files)
+    meta = json.loads(files[METADATA_KEY])
+
+    def run(obs):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            return module(torch.as_tensor(np.asarray(obs, np.float32))).numpy()
+
+    return meta, run

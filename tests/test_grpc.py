@@ -381,3 +381,27 @@ def test_remote_actor_process_feeds_a_real_training_run(tmp_path: Path) -> None:
     assert len(remote) >= 5, err[-2000:]
     for r in recs:  # remote fragments obey the same staleness rule
         assert all(r["policy_version"] - v <= 3 for v in r["fragment_versions"])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_policy_server_serves_an_exported_file(run_dir, tmp_path: Path, fmt: str) -> None:
+    from learner.export import export
+
+    path = export(run_dir, fmt, tmp_path / ("p.onnx" if fmt == "onnx" else "p.pt"))
+    server = Server(ps.register(ps.PolicyServicer(ps.PolicySource(path))))
+    try:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel(server.address))
+        obs = np.random.default_rng(4).normal(size=(5, OBS)).astype(np.float32)
+        reply = act(stub, obs)
+        got = np.frombuffer(reply.actions.data, np.float32).reshape(5, ACT)
+        np.testing.assert_allclose(got, np.clip(ps.PolicySource(run_dir).policy.mean(obs), -1, 1), rtol=1e-5,
+                                   atol=1e-6)
+        info = stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
+        assert info.env_id == "stride/BipedWalker-v0" and info.source == str(path)
+        sampled = act(stub, obs, deterministic=False, seed=1)
+        assert list(sampled.actions.shape) == [5, ACT] and sampled.actions.data != reply.actions.data
+        got_code, details = code_of(lambda: stub.Act(policy_pb2.ActRequest(
+            observations=to_array(np.zeros((1, 3), np.float32))), timeout=10))
+        assert got_code == grpc.StatusCode.INVALID_ARGUMENT and "size 3" in details
+    finally:
+        server.stop(0)

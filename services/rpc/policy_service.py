@@ -24,13 +24,42 @@ log = logging.getLogger("stride.rpc")
 DEFAULT_MAX_BATCH = 4096
 
 
+class ExportedPolicy:
+    """An exported ONNX/TorchScript file behind the `NumpyPolicy` interface the servicer uses."""
+
+    def __init__(self, path: Path) -> None:
+        from learner.export import read_exported
+
+        meta, self._run = read_exported(path)
+        self.meta = meta
+        self.version = int(meta["policy_version"])
+        self.obs_mean = np.zeros(int(meta["obs_dim"]), np.float32)  # only its size is read
+        self.std = np.exp(np.asarray(meta["log_std"], np.float32))
+        self._logp_const = float(-np.sum(meta["log_std"]) - 0.5 * np.log(2 * np.pi) * self.std.size)
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        # The exported module already clips to the action space; clipping again is harmless.
+        return np.asarray(self._run(obs), np.float32)
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        noise = rng.standard_normal((obs.shape[0], self.std.size), dtype=np.float32)
+        logp = self._logp_const - 0.5 * np.sum(noise * noise, axis=-1)
+        return self.mean(obs) + self.std * noise, logp.astype(np.float32)
+
+
 class PolicySource:
-    """The policy to serve and where it came from; `follow` re-reads newer checkpoints."""
+    """The policy to serve and where it came from: a run folder (its latest checkpoint; with
+    `follow`, each newer one as it lands) or an exported .onnx / .pt file."""
 
     def __init__(self, run_dir: Path, follow: bool = False, poll_seconds: float = 2.0) -> None:
         self.run_dir = run_dir
         self._lock = threading.Lock()
-        self._load()
+        if run_dir.is_file():
+            if follow:
+                raise ValueError("--follow needs a run folder, not an exported file")
+            self._load_exported(run_dir)
+        else:
+            self._load()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if follow:
@@ -54,6 +83,21 @@ class PolicySource:
             self.env_steps = int(state["counters"]["env_steps"])
             self.obs_low, self.obs_high = obs_space.low.astype(np.float32), obs_space.high.astype(np.float32)
             self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+
+    def _load_exported(self, path: Path) -> None:
+        if path.suffix not in (".onnx", ".pt"):
+            raise ValueError(f"{path}: serve a run folder or an exported .onnx / .pt file")
+        policy = ExportedPolicy(path)
+        meta = policy.meta
+        self.policy = policy  # type: ignore[assignment]
+        self.checkpoint = path
+        self.env_id = meta["env_id"]
+        self.env_steps = int(meta["env_steps"])
+        dim = int(meta["obs_dim"])
+        self.obs_low = np.full(dim, -np.inf, np.float32)
+        self.obs_high = np.full(dim, np.inf, np.float32)
+        self.act_low = np.asarray(meta["act_low"], np.float32)
+        self.act_high = np.asarray(meta["act_high"], np.float32)
 
     def _watch(self, poll: float) -> None:
         from learner import checkpoint
