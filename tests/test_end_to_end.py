@@ -20,7 +20,8 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_pendulum_learns_through_the_real_ray_path(tmp_path: Path) -> None:
     run_dir = tmp_path / "pendulum"
-    done = run("train", "--config", "configs/pendulum.yaml", "--actors", "2", "--run-dir", str(run_dir))
+    done = run("train", "--config", "configs/pendulum.yaml", "--actors", "2", "--run-dir", str(run_dir),
+               "--metrics-port", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("config.yaml", "metrics.jsonl", "curve.png", "train.log"):
         assert (run_dir / name).is_file(), name
@@ -39,7 +40,8 @@ def test_pendulum_learns_through_the_real_ray_path(tmp_path: Path) -> None:
 def test_biped_run_writes_checkpoint_curve_and_video(tmp_path: Path) -> None:
     run_dir = tmp_path / "biped"
     done = run("train", "--actors", "2", "--envs-per-actor", "4", "--fragment-length", "32",
-               "--total-steps", "512", "--run-dir", str(run_dir), "--set", "ppo.minibatches=4")
+               "--total-steps", "512", "--run-dir", str(run_dir), "--set", "ppo.minibatches=4",
+               "--metrics-port", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "walk.mp4").stat().st_size > 1000, done.stderr[-2000:]
     assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))

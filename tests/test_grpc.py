@@ -27,6 +27,7 @@ from services.rpc import experience_service as es
 from services.rpc import policy_service as ps
 from services.rpc.codec import fragment_to_msg, to_array, weights_from_bytes
 from services.rpc.server import Security, Server, channel
+from tests.conftest import start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = 31
@@ -361,7 +362,7 @@ def test_remote_actor_process_feeds_a_real_training_run(tmp_path: Path) -> None:
     C.validate(cfg)
     hub = es.ExperienceHub(3, 1, max_lag=3)
     server = Server(es.register(es.ExperienceServicer(hub)))
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(num_cpus=1)
     trainer = Trainer(cfg, tmp_path, external=hub)
     thread = threading.Thread(target=trainer.run, daemon=True)
     thread.start()
@@ -405,3 +406,31 @@ def test_policy_server_serves_an_exported_file(run_dir, tmp_path: Path, fmt: str
         assert got_code == grpc.StatusCode.INVALID_ARGUMENT and "size 3" in details
     finally:
         server.stop(0)
+
+
+def test_follow_serves_each_newer_checkpoint(tmp_path: Path) -> None:
+    """Attached to a live run, the server swaps in the newest weights as checkpoints land."""
+    import time
+
+    trainer = Trainer(C.load(None, {"train.video": False}), tmp_path)
+    trainer.save_checkpoint()
+    source = ps.PolicySource(tmp_path, follow=True, poll_seconds=0.1)
+    server = Server(ps.register(ps.PolicyServicer(source)))
+    try:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel(server.address))
+        obs = np.ones((1, OBS), np.float32)
+        first = act(stub, obs)
+        assert first.policy_version == 0
+        with torch.no_grad():  # the learner moves on: new weights, a new version, a new checkpoint
+            trainer.learner.model.pi[-1].bias.add_(0.5)
+        trainer.learner.version = 7
+        trainer.counters.iteration = 7
+        trainer.save_checkpoint()
+        deadline = time.monotonic() + 10
+        while act(stub, obs).policy_version != 7:
+            assert time.monotonic() < deadline, "the server never picked up the new checkpoint"
+            time.sleep(0.1)
+        assert act(stub, obs).actions.data != first.actions.data
+    finally:
+        server.stop(0)
+        source.close()

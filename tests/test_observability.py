@@ -21,6 +21,7 @@ from learner import config as C
 from learner.trainer import Trainer
 from services.cli import main as cli_main
 from services.metrics import MetricsPortError, StrideMetrics, serve
+from tests.conftest import start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "grafana"))
@@ -69,7 +70,7 @@ def observed_run(tmp_path_factory):
         pytest.skip("Debian's prometheus package is not installed (.ci/run installs it)")
     tmp = tmp_path_factory.mktemp("obs")
     ray_port, stride_port, prom_port = free_port(), free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=ray_port, logging_level="WARNING")
+    start_local_ray(num_cpus=2, _metrics_export_port=ray_port)
     (tmp / "prom.yml").write_text(
         "global:\n  scrape_interval: 1s\n"
         "scrape_configs:\n"

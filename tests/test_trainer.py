@@ -16,11 +16,12 @@ import torch
 from learner import checkpoint
 from learner import config as C
 from learner.trainer import Trainer
+from tests.conftest import start_local_ray
 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(num_cpus=2)
     yield
     ray.shutdown()
 
