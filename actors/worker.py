@@ -36,6 +36,8 @@ class RolloutWorker:
 
 
 def remote_worker_class(max_restarts: int = -1) -> Any:
-    """The Ray actor class: one CPU each, restarted by Ray when its process dies. Tasks are not
-    retried, so a fragment lost with a dead process is lost (and counted), never duplicated."""
-    return ray.remote(num_cpus=1, max_restarts=max_restarts, max_task_retries=0)(RolloutWorker)
+    """The Ray actor class: one CPU each, spread over the cluster's nodes, restarted by Ray when
+    its process dies. Tasks are not retried, so a fragment lost with a dead process is lost (and
+    counted), never duplicated."""
+    return ray.remote(num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
+                      scheduling_strategy="SPREAD")(RolloutWorker)

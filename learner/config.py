@@ -93,6 +93,8 @@ class ModelConfig:
 class TrainConfig:
     total_steps: int = 3_000_000
     """Env steps to train for."""
+    max_seconds: float = 0.0
+    """Also stop after this much wall time (0: no time limit); a checkpoint is written either way."""
     mode: str = "sync"
     """'sync' (every fragment from the current weights) or 'async' (actors never wait)."""
     max_policy_lag: int = 1
@@ -254,6 +256,7 @@ def validate(cfg: Config) -> None:
     _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden",
            f"must be positive sizes, got {m.hidden}")
     _check(t.total_steps >= 1, "train.total_steps", f"must be >= 1, got {t.total_steps}")
+    _check(t.max_seconds >= 0, "train.max_seconds", f"must be >= 0, got {t.max_seconds}")
     _check(t.mode in ("sync", "async"), "train.mode", f"must be 'sync' or 'async', got {t.mode!r}")
     _check(t.max_policy_lag >= 0, "train.max_policy_lag", f"must be >= 0, got {t.max_policy_lag}")
     _check(t.fragments_per_update >= 0, "train.fragments_per_update", f"must be >= 0, got {t.fragments_per_update}")

@@ -319,7 +319,10 @@ class Trainer:
         try:
             with self.metrics_path.open("a") as metrics:
                 t_iter = time.perf_counter()
-                while self.counters.env_steps < self.cfg.train.total_steps and not self._stop:
+                limit = self.cfg.train.max_seconds
+                deadline = time.monotonic() + limit if limit > 0 else float("inf")
+                while (self.counters.env_steps < self.cfg.train.total_steps and not self._stop
+                       and time.monotonic() < deadline):
                     fragments, t_sample, t_bcast, nbytes = next(batches)
                     if not fragments:
                         log.warning("no fragment arrived this round; waiting for actors to come back")
