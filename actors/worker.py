@@ -34,6 +34,9 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 def remote_worker_class(max_restarts: int = -1) -> Any:
     """The Ray actor class: one CPU each, spread over the cluster's nodes, restarted by Ray when

@@ -47,6 +47,8 @@ class Learner:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: str) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
+        if cfg.train.torch_threads:
+            torch.set_num_threads(cfg.train.torch_threads)
         torch.manual_seed(cfg.train.seed)
         self.model = ActorCritic(obs_dim, act_dim, tuple(cfg.model.hidden), cfg.model.init_log_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr, eps=1e-5)

@@ -96,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fragments", type=int, help="stop after this many fragments")
     a.add_argument("--seconds", type=float, help="stop after this long")
     _security_flags(a, server=False)
+    b = sub.add_parser("bench", help="benchmarks on the current Ray cluster")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    sc = bsub.add_parser("scale", help="env steps/s and efficiency against the number of actors")
+    sc.add_argument("--actors", default="1,2", help="comma-separated actor counts (default 1,2)")
+    sc.add_argument("--envs-per-actor", type=int, default=16)
+    sc.add_argument("--mode", choices=["sync", "async"], default="async")
+    sc.add_argument("--seconds", type=float, default=30.0, help="training time per point")
+    sc.add_argument("--env", default="stride/BipedWalker-v0")
+    sc.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    sc.add_argument("--out", type=Path, default=Path("bench"), help="folder for scale.csv and scale.png")
     x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX or TorchScript file")
     x.add_argument("run_dir", type=Path)
     x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
@@ -252,6 +262,31 @@ def cmd_actor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from learner import config as C
+    from services.bench import bench_scale
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        counts = [int(x) for x in args.actors.split(",") if x.strip()]
+    except ValueError:
+        raise C.ConfigError(f"--actors: expected comma-separated counts, got {args.actors!r}") from None
+    if not counts or min(counts) < 1:
+        raise C.ConfigError(f"--actors: counts must be >= 1, got {args.actors!r}")
+    if args.seconds <= 0:
+        raise C.ConfigError(f"--seconds: must be > 0, got {args.seconds}")
+    cfg = C.load(None, {"env.id": args.env, "env.envs_per_actor": args.envs_per_actor, "train.mode": args.mode,
+                        "train.address": args.address or "", "train.metrics_port": 0})
+    C.validate(cfg)
+    points = bench_scale(cfg, counts, args.seconds, args.out)
+    print(f"{'actors':>6} {'env steps/s':>12} {'efficiency':>10} {'policy lag':>10} {'sample':>7} {'update':>7}")
+    for p in points:
+        print(f"{p.actors:>6} {p.env_steps_per_s:>12,.0f} {p.efficiency:>10.2f} {p.policy_lag_mean:>10.2f} "
+              f"{p.share_sample:>7.0%} {p.share_update:>7.0%}")
+    print(f"wrote {args.out / 'scale.csv'} and {args.out / 'scale.png'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from learner.export import export
 
@@ -279,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "serve": cmd_serve, "actor": cmd_actor,
-                    "export": cmd_export}
+                    "export": cmd_export, "bench": cmd_bench}
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"stride {args.command}: error: {exc}", file=sys.stderr)
