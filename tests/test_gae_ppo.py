@@ -195,3 +195,32 @@ def test_numpy_policy_matches_torch_policy() -> None:
     with torch.no_grad():
         ref_logp = dist.log_prob(torch.as_tensor(actions)).sum(-1).numpy()
     np.testing.assert_allclose(logp, ref_logp, rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_loss_never_reaches_the_weights() -> None:
+    """A batch whose loss overflows (finite but absurd rewards) leaves weights and optimiser
+    exactly as they were and raises FloatingPointError for the trainer to count and skip."""
+    from actors.trajectory import Trajectory
+    from learner import config as C
+    from learner.learner import Learner
+
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 2, "ppo.minibatches": 2})
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    t, b = 8, 2
+    rng = np.random.default_rng(0)
+
+    def frag(reward: float) -> Trajectory:
+        return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32), np.zeros((t, b, 1), np.float32),
+                          np.zeros((t, b), np.float32), np.full((t, b), reward, np.float32),
+                          np.zeros((t, b), bool), np.zeros((t, b), bool), np.zeros((t, b, 3), np.float32), 0, 0)
+
+    learner.update([frag(1.0)], env_steps=0)  # a normal update first, so the optimiser has state
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    opt_before = [s["exp_avg"].clone() for s in learner.optimizer.state.values()]
+    version = learner.version
+    with pytest.raises(FloatingPointError, match="non-finite PPO loss"):
+        learner.update([frag(1e38)], env_steps=16)
+    for k, v in learner.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(opt_before, learner.optimizer.state.values(), strict=True))
+    assert learner.version == version
