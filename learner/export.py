@@ -100,6 +100,6 @@ def read_exported(path: Path) -> tuple[dict, object]:
 
     def run(obs):  # noqa: ANN001, ANN202
         with torch.no_grad():
-            return module(torch.as_tensor(np.asarray(obs, np.float32))).numpy()
+            return module(torch.from_numpy(np.array(obs, np.float32))).numpy()
 
     return meta, run

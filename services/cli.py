@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     from learner.config import ConfigError
 
     args = _parser().parse_args(argv)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "serve": cmd_serve, "actor": cmd_actor,
                     "export": cmd_export, "bench": cmd_bench}
@@ -319,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"stride {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:  # give back the logging set-up (matters when main() is called in-process)
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:], root.level = saved
 
 
 if __name__ == "__main__":
