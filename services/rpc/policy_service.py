@@ -115,6 +115,15 @@ class PolicySource:
         with self._lock:
             return self.policy, self.act_low, self.act_high
 
+    def describe(self, max_batch: int) -> policy_pb2.PolicyInfo:
+        """What is being served, read consistently with a concurrent checkpoint swap."""
+        with self._lock:
+            return policy_pb2.PolicyInfo(
+                env_id=self.env_id, observation_space=space(self.obs_low, self.obs_high),
+                action_space=space(self.act_low, self.act_high), policy_version=self.policy.version,
+                source=str(self.checkpoint), env_steps=self.env_steps, max_batch=max_batch,
+            )
+
     def close(self) -> None:
         self._stop.set()
 
@@ -149,13 +158,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     @handle_errors
     def GetPolicyInfo(self, request: policy_pb2.GetPolicyInfoRequest,
                       context: grpc.ServicerContext) -> policy_pb2.PolicyInfo:
-        s = self.source
-        with s._lock:
-            return policy_pb2.PolicyInfo(
-                env_id=s.env_id, observation_space=space(s.obs_low, s.obs_high),
-                action_space=space(s.act_low, s.act_high), policy_version=s.policy.version,
-                source=str(s.checkpoint), env_steps=s.env_steps, max_batch=self.max_batch,
-            )
+        return self.source.describe(self.max_batch)
 
 
 def register(servicer: PolicyServicer):  # noqa: ANN201 - returns the registration callback
