@@ -65,8 +65,8 @@ class PPOConfig:
     """Clip the value loss around the old values with the same epsilon."""
     vf_coef: float = 0.5
     """Value loss weight."""
-    ent_coef: float = 0.0
-    """Entropy bonus weight."""
+    ent_coef: float = 0.005
+    """Entropy bonus weight (0.005 kept the biped's policy from collapsing early: docs/benchmarks.md)."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
     norm_adv: bool = True
