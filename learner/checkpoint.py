@@ -75,3 +75,11 @@ def latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         except ValueError as exc:
             log.warning("skipping %s", exc)
     return None
+
+
+def require_latest(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest loadable checkpoint of a run folder; FileNotFoundError naming it if none."""
+    found = latest(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"no loadable checkpoint in {run_dir / 'checkpoints'}")
+    return found

@@ -32,10 +32,7 @@ class EvalResult:
 
 
 def load_policy(run_dir: Path) -> tuple[NumpyPolicy, dict[str, Any], Path]:
-    found = checkpoint.latest(run_dir / "checkpoints")
-    if found is None:
-        raise FileNotFoundError(f"no loadable checkpoint in {run_dir / 'checkpoints'}")
-    path, state = found
+    path, state = checkpoint.require_latest(run_dir)
     weights = Weights(int(state["learner"]["version"]), {k: v.numpy() for k, v in state["model"].items()})
     return NumpyPolicy(weights), state, path
 

@@ -33,10 +33,7 @@ class DeterministicPolicy(nn.Module):
 
 
 def load_model(run_dir: Path) -> tuple[DeterministicPolicy, dict, Path]:
-    found = checkpoint.latest(run_dir / "checkpoints")
-    if found is None:
-        raise FileNotFoundError(f"no loadable checkpoint in {run_dir / 'checkpoints'}")
-    path, state = found
+    path, state = checkpoint.require_latest(run_dir)
     cfg = state["config"]
     env = gym.make(cfg["env"]["id"], **cfg["env"]["kwargs"])
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]

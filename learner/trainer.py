@@ -329,7 +329,7 @@ class Trainer:
                         time.sleep(1.0)
                         continue
                     try:
-                        last = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
+                        last, episodes = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
                     except FloatingPointError as exc:  # the learner restored its weights
                         self.counters.nan_updates += 1
                         log.warning("skipped a batch: %s", exc)
@@ -337,10 +337,6 @@ class Trainer:
                     t_iter = time.perf_counter()
                     metrics.write(json.dumps(last) + "\n")
                     metrics.flush()
-                    episodes = EpisodeStats(
-                        np.concatenate([f.episodes.returns for f in fragments]),
-                        np.concatenate([f.episodes.lengths for f in fragments]),
-                    )
                     for o in self.observers:
                         o.on_iteration(last, episodes)
                     self.progress.show(self.counters.iteration, self.counters.env_steps, last)
@@ -366,15 +362,18 @@ class Trainer:
         self._stop = True
 
     def _update(self, fragments: list[Trajectory], t_sample: float, t_bcast: float, nbytes: int,
-                t_iter: float) -> dict[str, Any]:
+                t_iter: float) -> tuple[dict[str, Any], EpisodeStats]:
         c = self.counters
         version_before = self.learner.version
         steps = sum(f.num_steps for f in fragments)
         stats = self.learner.update(fragments, c.env_steps)
         c.iteration += 1
         c.env_steps += steps
-        returns = np.concatenate([f.episodes.returns for f in fragments])
-        lengths = np.concatenate([f.episodes.lengths for f in fragments])
+        episodes = EpisodeStats(
+            np.concatenate([f.episodes.returns for f in fragments]),
+            np.concatenate([f.episodes.lengths for f in fragments]),
+        )
+        returns, lengths = episodes.returns, episodes.lengths
         c.episodes += len(returns)
         wall = time.perf_counter() - t_iter
         versions = [f.policy_version for f in fragments]
@@ -405,7 +404,7 @@ class Trainer:
             "episodes_total": c.episodes,
             **stats,
         }
-        return rec
+        return rec, episodes
 
     def save_checkpoint(self) -> Path:
         state = {
