@@ -7,6 +7,7 @@ Pure Python + NumPy: no Ray, no torch. `RolloutWorker` (worker.py) is a thin Ray
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,12 +71,17 @@ class Sampler:
         self.obs = self._reset()
         self.ep_return = np.zeros(self.num_envs)
         self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
+        self.fragments = 0  # collected so far: numbers each fragment's id
 
     def _reset(self) -> np.ndarray:
         # Every (re)start draws fresh per-env seeds, so a restarted worker does not replay.
         seed = int(self.rng.integers(2**31 - 1))
         obs, _ = self.envs.reset(seed=seed)
         return np.asarray(obs, dtype=np.float32)
+
+    def _next_fragment(self) -> int:
+        self.fragments += 1
+        return self.fragments - 1
 
     def set_weights(self, weights: Weights) -> None:
         self.policy = NumpyPolicy(weights)
@@ -146,6 +152,14 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
             s.ep_length[done] = 0
         s.obs = np.asarray(next_obs, dtype=np.float32)
         t += 1
+        if not (np.isfinite(s.obs).all() and np.isfinite(r).all()):
+            # The fragment now holds NaN/inf: the learner rejects (and counts) it whole. Reset the
+            # envs so the policy never acts on a bad observation and the next fragment is clean.
+            log.warning("worker %d: non-finite observation or reward at step %d; resetting its envs",
+                        s.worker_id, t - 1)
+            s.obs = s._reset()
+            s.ep_return[:] = 0.0
+            s.ep_length[:] = 0
     obs[num_steps] = s.obs
     return Trajectory(
         obs=obs,
@@ -161,4 +175,5 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         env_errors=errors,
         sample_seconds=time.perf_counter() - start,
         rss_bytes=rss_bytes(),
+        fragment_id=f"{s.worker_id}-{os.getpid()}-{s._next_fragment()}",
     )

@@ -44,6 +44,7 @@ class Trajectory:
     env_errors: int = 0  # env exceptions caught (and envs reset) while collecting
     sample_seconds: float = 0.0  # wall time the worker spent collecting this fragment
     rss_bytes: int = 0  # resident memory of the process that collected it
+    fragment_id: str = ""  # unique per fragment: "<worker>-<pid>-<n-th fragment of that process>"
 
     @property
     def num_steps(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import ray
@@ -22,6 +23,13 @@ class RolloutWorker:
     def __init__(self, worker_id: int, env_id: str, num_envs: int, seed: int, env_kwargs: dict[str, Any]) -> None:
         # One thread per actor: the actors are the parallelism.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with warnings.catch_warnings():  # Ray's property warns about an API it uses itself
+            warnings.simplefilter("ignore", DeprecationWarning)
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        if reconstructed:
+            # Ray re-runs __init__ with the same arguments: without fresh entropy a restarted
+            # actor would replay its first episodes (and a fault it died of, over and over).
+            seed = (seed * 1_000_003 + int.from_bytes(os.urandom(4), "little")) % 2**31
         self.sampler = Sampler(make_envs(env_id, num_envs, env_kwargs), worker_id, seed)
         self.version = -1
 

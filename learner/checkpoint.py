@@ -36,6 +36,10 @@ def save(folder: Path, iteration: int, state: dict[str, Any], keep: int = 3) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as exc:  # disk full, quota, read-only: say which write failed
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc}: could not write checkpoint {final} "
+                                 "(the checkpoints before it are intact)") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,6 +51,16 @@ def save(folder: Path, iteration: int, state: dict[str, Any], keep: int = 3) -> 
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def remove_partial(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes a crash interrupted (they are never loaded, but
+    they hold disk space). Call only when no other process writes to `folder`."""
+    removed = sorted(folder.glob(".ckpt-*.tmp")) if folder.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted checkpoint write", p.name)
+    return removed
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -101,6 +101,9 @@ class TrainConfig:
     """Async: drop fragments more than this many versions behind the learner."""
     fragments_per_update: int = 0
     """Async: fragments per PPO update (0: one per actor)."""
+    max_bad_updates: int = 5
+    """Stop (after checkpointing the last good weights) when this many updates in a row have a
+    non-finite loss; isolated ones are skipped and counted."""
     seed: int = 0
     """Seed for the learner and (derived) for every actor's envs."""
     device: str = "auto"
@@ -207,7 +210,13 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--config: no such file {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"--config: {p} is not valid YAML: {problem}{where}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--config: {p} must hold a mapping of sections")
         for section, values in data.items():
@@ -263,6 +272,7 @@ def validate(cfg: Config) -> None:
     _check(t.mode in ("sync", "async"), "train.mode", f"must be 'sync' or 'async', got {t.mode!r}")
     _check(t.max_policy_lag >= 0, "train.max_policy_lag", f"must be >= 0, got {t.max_policy_lag}")
     _check(t.fragments_per_update >= 0, "train.fragments_per_update", f"must be >= 0, got {t.fragments_per_update}")
+    _check(t.max_bad_updates >= 1, "train.max_bad_updates", f"must be >= 1, got {t.max_bad_updates}")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     _check(0 <= t.experience_port <= 65535, "train.experience_port",

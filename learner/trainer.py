@@ -7,9 +7,13 @@ async: every actor always has a sample in flight; each fragment that comes back 
        immediately given the newest weights, and the learner updates whenever enough fresh
        fragments are buffered. The PPO ratio is taken against the behaviour log-prob.
 
-Faults: a fragment whose actor died is counted as lost, the actor (restarted by Ray) gets the
-next sample call with the current weights; a fragment not back within sample_timeout_s is
-treated the same way after the actor is killed for a restart.
+Faults (see actor_pool.py and docs/reliability.md): a fragment whose actor died is counted as
+lost and the round goes on without it; the actor, restarted by Ray, is used again once a probe
+says it is back, with the current weights. An actor that sends nothing within sample_timeout_s
+is killed for a restart. A batch whose loss is non-finite is skipped (the learner restores its
+weights); `max_bad_updates` of them in a row stop the run with `TrainingDiverged` after a
+checkpoint of the last good weights. A periodic checkpoint that cannot be written (disk full)
+is logged and counted, the previous one stays, and training goes on.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+import torch
 
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
-from actors.worker import remote_worker_class
 from learner import checkpoint
+from learner.actor_pool import ActorPool
 from learner.config import Config, local_cpus, resolve_device
 from learner.learner import Learner
 
@@ -50,6 +54,12 @@ class Counters:
     env_errors: int = 0
     rejected_fragments: int = 0
     nan_updates: int = 0
+    actor_timeouts: int = 0
+    checkpoint_failures: int = 0
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite for max_bad_updates batches in a row."""
 
 
 class Observer(Protocol):
@@ -91,7 +101,8 @@ def start_ray(cfg: Config) -> None:
         log.info("joined the Ray cluster at %s (%d CPUs)", address, int(ray.cluster_resources().get("CPU", 0)))
     else:
         cpus = cfg.train.num_cpus or local_cpus()
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # address="local": always a fresh embedded Ray, never a stale `ray start` left on this host.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         log.info("started a local Ray with %d CPUs", cpus)
 
 
@@ -152,20 +163,29 @@ class Trainer:
             if found is None:
                 raise FileNotFoundError(f"--resume: no loadable checkpoint in {self.ckpt_dir}")
             self.resumed_from, state = found
+            if state.get("env_id") != cfg.env.id:
+                raise ValueError(f"--resume: checkpoint {self.resumed_from} was trained on {state.get('env_id')!r}, "
+                                 f"but this run's env.id is {cfg.env.id!r}")
             self.learner.load_state_dict(state["learner"])
-            self.counters = Counters(**state["counters"])
+            self.counters = Counters(**{**asdict(Counters()), **state["counters"]})
             log.info("resumed from %s at iteration %d, %d env steps",
                      self.resumed_from.name, self.counters.iteration, self.counters.env_steps)
         self.metrics_path = run_dir / "metrics.jsonl"
         if resume:
             self._truncate_metrics(self.counters.iteration)
         self.progress = Progress(cfg.train.total_steps, progress_stream)
-        self.workers: list[Any] = []
-        self.alive: set[int] = set()
+        self.pool: ActorPool | None = None
         self.observers = list(observers or [])
         self.external = external
         self.last_checkpoint_time = time.time()
         self._stop = False
+        self._bad_updates = 0  # non-finite losses in a row
+        checkpoint.remove_partial(self.ckpt_dir)
+
+    @property
+    def workers(self) -> list[Any]:
+        """The rollout actor handles (empty outside `run`)."""
+        return self.pool.workers if self.pool is not None else []
 
     def _truncate_metrics(self, iteration: int) -> None:
         """Drop records of updates after the checkpoint: a crash lost them, and the resumed run
@@ -181,19 +201,20 @@ class Trainer:
             log.info("dropped %d metrics records past the checkpoint", len(lines) - len(kept))
 
     # -- actors -------------------------------------------------------------------------
-    def _spawn_workers(self) -> None:
+    def _spawn_workers(self) -> ActorPool:
         start_ray(self.cfg)
         n = self.cfg.rollout.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.num_actors = n
-        cls = remote_worker_class(self.cfg.rollout.max_actor_restarts)
         # Fresh env seeds on resume, so a resumed run does not replay its first fragments.
         seed = self.cfg.train.seed + 7919 * self.counters.iteration
-        self.workers = [
-            cls.remote(i, self.cfg.env.id, self.cfg.env.envs_per_actor, seed, self.cfg.env.kwargs) for i in range(n)
-        ]
-        self.alive = set(range(n))
+        self.pool = ActorPool(self.cfg, self.counters, n, seed)
+        ready = self.pool.wait_ready(timeout=min(60.0, self.cfg.rollout.sample_timeout_s))
+        if ready < n:
+            log.warning("only %d of %d rollout actors started within 60 s (the cluster has %d CPUs, each actor "
+                        "needs 1); training starts with those, the others join once there is room",
+                        ready, n, int(ray.cluster_resources().get("CPU", 0)))
         log.info("%d rollout actors x %d envs, fragments of %d steps, learner on %s, mode %s",
                  n, self.cfg.env.envs_per_actor, self.cfg.rollout.fragment_length, self.device, self.cfg.train.mode)
+        return self.pool
 
     def _publish(self) -> tuple[int, list[ray.ObjectRef], float, int]:
         t0 = time.perf_counter()
@@ -202,30 +223,6 @@ class Trainer:
         if self.external is not None:
             self.external.publish(weights)
         return weights.version, [ref], time.perf_counter() - t0, weights.nbytes
-
-    def _submit(self, i: int, version: int, ref: list[ray.ObjectRef]) -> ray.ObjectRef:
-        return self.workers[i].sample.remote(version, ref, self.cfg.rollout.fragment_length)
-
-    def _receive(self, obj: ray.ObjectRef, worker: int) -> Trajectory | None:
-        """The fragment, or None (counted) when its actor died or it is malformed."""
-        try:
-            frag = ray.get(obj)
-        except RayActorError as exc:
-            self.alive.discard(worker)
-            self.counters.actor_failures += 1
-            self.counters.lost_fragments += 1
-            log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it",
-                        worker, type(exc).__name__)
-            return None
-        try:
-            frag.validate()
-        except ValueError as exc:
-            self.counters.rejected_fragments += 1
-            log.warning("rejected a fragment from actor %d: %s", worker, exc)
-            return None
-        self.alive.add(worker)
-        self.counters.env_errors += frag.env_errors
-        return frag
 
     def _external_fragments(self, max_lag: int) -> list[Trajectory]:
         """Fragments pushed by actors outside Ray, under the same staleness rule."""
@@ -240,21 +237,14 @@ class Trainer:
                 fresh.append(frag)
         return fresh
 
-    def _restart_hung(self, worker: int) -> None:
-        self.alive.discard(worker)
-        self.counters.actor_failures += 1
-        self.counters.lost_fragments += 1
-        log.warning("rollout actor %d sent nothing for %.0fs; killing it for a restart",
-                    worker, self.cfg.rollout.sample_timeout_s)
-        ray.kill(self.workers[worker], no_restart=False)
-
     # -- the loops ----------------------------------------------------------------------
-    def _sync_batches(self):
+    def _sync_batches(self, pool: ActorPool):
         timeout = self.cfg.rollout.sample_timeout_s
         while True:
             version, ref, t_bcast, nbytes = self._publish()
             t0 = time.perf_counter()
-            pending = {self._submit(i, version, ref): i for i in range(self.num_actors)}
+            pool.revived()
+            pending = {pool.submit(i, version, ref): i for i in sorted(pool.usable)}
             fragments = []
             deadline = time.monotonic() + timeout
             while pending:
@@ -262,10 +252,10 @@ class Trainer:
                                     timeout=max(0.0, deadline - time.monotonic()))
                 if not ready:
                     for i in pending.values():
-                        self._restart_hung(i)
+                        pool.kill_hung(i)
                     break
                 for obj in ready:
-                    frag = self._receive(obj, pending.pop(obj))
+                    frag = pool.receive(obj, pending.pop(obj))
                     if frag is not None:
                         if frag.policy_version != version:
                             raise AssertionError(f"sync mode got version {frag.policy_version}, expected {version}")
@@ -273,19 +263,22 @@ class Trainer:
             fragments += self._external_fragments(max_lag=0)  # sync: only the current version
             yield fragments, time.perf_counter() - t0, t_bcast, nbytes
 
-    def _async_batches(self):
+    def _async_batches(self, pool: ActorPool):
         timeout = self.cfg.rollout.sample_timeout_s
-        per_update = self.cfg.train.fragments_per_update or self.num_actors
+        per_update = self.cfg.train.fragments_per_update or len(pool)
         version, ref, t_bcast, nbytes = self._publish()
-        inflight = {self._submit(i, version, ref): (i, time.monotonic()) for i in range(self.num_actors)}
+        inflight = {pool.submit(i, version, ref): (i, time.monotonic()) for i in sorted(pool.usable)}
         buffer: list[Trajectory] = []
         t0 = time.perf_counter()
         while True:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0 if inflight else 0.0)
+            if not inflight:
+                time.sleep(0.5)  # every actor is down: wait for one to come back
             for obj in ready:
                 i, _ = inflight.pop(obj)
-                frag = self._receive(obj, i)
-                inflight[self._submit(i, version, ref)] = (i, time.monotonic())  # never let an actor wait
+                frag = pool.receive(obj, i)
+                if i in pool.usable:
+                    inflight[pool.submit(i, version, ref)] = (i, time.monotonic())  # never let an actor wait
                 if frag is None:
                     continue
                 if self.learner.version - frag.policy_version > self.cfg.train.max_policy_lag:
@@ -296,10 +289,11 @@ class Trainer:
             now = time.monotonic()
             for obj, (i, since) in list(inflight.items()):
                 if now - since > timeout:
-                    self._restart_hung(i)
                     del inflight[obj]
-                    inflight[self._submit(i, version, ref)] = (i, now)
-            if len(buffer) >= per_update:
+                    pool.kill_hung(i)
+            for i in pool.revived():
+                inflight[pool.submit(i, version, ref)] = (i, time.monotonic())
+            if len(buffer) >= per_update or (buffer and not inflight):
                 yield buffer, time.perf_counter() - t0, t_bcast, nbytes
                 buffer = []
                 version, ref, t_bcast, nbytes = self._publish()
@@ -307,8 +301,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until total_steps; returns the last metrics record."""
-        self._spawn_workers()
-        batches = self._sync_batches() if self.cfg.train.mode == "sync" else self._async_batches()
+        pool = self._spawn_workers()
+        batches = self._sync_batches(pool) if self.cfg.train.mode == "sync" else self._async_batches(pool)
         last: dict[str, Any] = {}
         # SIGTERM (e.g. `ray job stop`, a scheduler) stops like Ctrl-C: checkpoint, then exit.
         main_thread = threading.current_thread() is threading.main_thread()
@@ -316,6 +310,7 @@ class Trainer:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, self._on_sigterm)
         interrupted = False
+        diverged: str | None = None
         try:
             with self.metrics_path.open("a") as metrics:
                 t_iter = time.perf_counter()
@@ -332,8 +327,13 @@ class Trainer:
                         last, episodes = self._update(fragments, t_sample, t_bcast, nbytes, t_iter)
                     except FloatingPointError as exc:  # the learner restored its weights
                         self.counters.nan_updates += 1
-                        log.warning("skipped a batch: %s", exc)
+                        self._bad_updates += 1
+                        log.warning("skipped a batch (%d in a row): %s", self._bad_updates, exc)
+                        if self._bad_updates >= self.cfg.train.max_bad_updates:
+                            diverged = str(exc)
+                            break
                         continue
+                    self._bad_updates = 0
                     t_iter = time.perf_counter()
                     metrics.write(json.dumps(last) + "\n")
                     metrics.flush()
@@ -341,7 +341,7 @@ class Trainer:
                         o.on_iteration(last, episodes)
                     self.progress.show(self.counters.iteration, self.counters.env_steps, last)
                     if self.counters.iteration % self.cfg.train.checkpoint_every == 0:
-                        self.save_checkpoint()
+                        self._periodic_checkpoint()
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: writing a checkpoint before stopping")
@@ -350,15 +350,35 @@ class Trainer:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
             batches.close()
-            for w in self.workers:
-                ray.kill(w, no_restart=True)
-            self.workers = []
-        self.save_checkpoint()
+            pool.shutdown()
+            self.pool = None
+        path = self.save_checkpoint()
+        if diverged is not None:
+            raise TrainingDiverged(
+                f"the loss was non-finite in {self._bad_updates} updates in a row (last: {diverged}); stopped. "
+                f"The last good weights are in {path}: lower ppo.lr or ppo.reward_scale, or check the env's "
+                f"rewards, then resume with `stride train --resume {self.run_dir}`")
         if interrupted or self._stop:
             raise KeyboardInterrupt
         return last
 
+    def _periodic_checkpoint(self) -> None:
+        """A checkpoint that cannot be written (disk full, quota) must not end a long run: the
+        previous checkpoint is still whole (writes are atomic), so log, count and go on. The
+        final checkpoint, by contrast, raises."""
+        try:
+            self.save_checkpoint()
+        except OSError as exc:
+            self.counters.checkpoint_failures += 1
+            kept = checkpoint.list_checkpoints(self.ckpt_dir)
+            log.error("could not write a checkpoint (%s); the last one kept is %s", exc,
+                      kept[-1].name if kept else "none")
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def request_stop(self) -> None:
+        """Finish after the current iteration (checkpoint, then `run` raises KeyboardInterrupt)."""
         self._stop = True
 
     def _update(self, fragments: list[Trajectory], t_sample: float, t_bcast: float, nbytes: int,
@@ -384,6 +404,7 @@ class Trainer:
             "policy_version": version_before,
             "fragment_versions": versions,
             "fragment_workers": [f.worker_id for f in fragments],
+            "fragment_ids": [f.fragment_id for f in fragments],
             "policy_lag_mean": float(np.mean([version_before - v for v in versions])),
             "fragments": len(fragments),
             "episodes": int(len(returns)),
@@ -395,8 +416,8 @@ class Trainer:
             "weights_bytes": nbytes,
             "learner_rss_bytes": rss_bytes(),
             "gpu_memory_bytes": self.learner.gpu_memory_bytes(),
-            "actors": self.num_actors,
-            "actors_alive": len(self.alive),
+            "actors": len(self.pool) if self.pool is not None else 0,
+            "actors_alive": len(self.pool.usable) if self.pool is not None else 0,
             "actor_rss_bytes_max": max(f.rss_bytes for f in fragments),
             "time_iteration": wall,
             "wall_time": time.time(),
@@ -407,6 +428,8 @@ class Trainer:
         return rec, episodes
 
     def save_checkpoint(self) -> Path:
+        if not all(bool(torch.isfinite(p).all()) for p in self.learner.model.state_dict().values()):
+            raise FloatingPointError("refusing to checkpoint non-finite weights")  # never happens by design
         state = {
             "learner": self.learner.state_dict(),
             "counters": asdict(self.counters),

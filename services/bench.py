@@ -8,17 +8,20 @@ command works unchanged on a multi-node cluster and under `ray job submit`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
+from ray.cluster_utils import Cluster
 
 from learner import config as C
 from learner.trainer import Trainer, start_ray
@@ -85,6 +88,23 @@ def scale_point(cfg: C.Config, actors: int, seconds: float, base_rate: float) ->
         share_sample=share("time_sample"), share_update=share("time_update"), share_gae=share("time_gae"),
         share_broadcast=share("time_broadcast"), iterations=len(recs),
     )
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int, cpus_per_node: int) -> Iterator[Cluster]:
+    """Several Ray nodes on this machine (ray.cluster_utils.Cluster): a head with no CPUs for the
+    learner, `nodes` worker nodes for the actors, so every fragment and every weights fetch
+    crosses a node boundary (the object manager's transfer, as between machines)."""
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=cpus_per_node)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def bench_scale(cfg: C.Config, actor_counts: list[int], seconds: float, out_dir: Path) -> list[ScalePoint]:

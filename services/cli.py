@@ -106,6 +106,26 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--env", default="stride/BipedWalker-v0")
     sc.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     sc.add_argument("--out", type=Path, default=Path("bench"), help="folder for scale.csv and scale.png")
+    sc.add_argument("--local-nodes", type=int, default=0,
+                    help="run on this many Ray nodes started on this machine (learner on a CPU-less head), "
+                         "so trajectories and weights cross node boundaries (default: no extra nodes)")
+    so = bsub.add_parser("soak", help="a long run watching learner/actor memory and the object store")
+    so.add_argument("--steps", type=int, default=1_000_000, help="env steps to train for (default 1M)")
+    so.add_argument("--env", default="stride/BipedWalker-v0")
+    so.add_argument("--actors", type=int, default=0, help="rollout actors (default: one per CPU)")
+    so.add_argument("--mode", choices=["sync", "async"], default="sync")
+    so.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    so.add_argument("--out", type=Path, default=Path("bench/soak"), help="run folder (soak.csv is written there)")
+    tw = bsub.add_parser("time-to-walk", help="train the biped until a return threshold; time, steps, video")
+    tw.add_argument("--threshold", type=float, default=216.0,
+                    help="mean training return to reach (default 216, the reference's best published runs)")
+    tw.add_argument("--window", type=int, default=5, help="iterations the training return is averaged over")
+    tw.add_argument("--max-seconds", type=float, default=3600.0, help="give up after this long (default 1 h)")
+    tw.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
+    tw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    tw.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    tw.add_argument("--out", type=Path, default=Path("bench/time-to-walk"), help="run folder")
+    tw.add_argument("--no-video", action="store_true", help="skip the video of the trained policy")
     x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX or TorchScript file")
     x.add_argument("run_dir", type=Path)
     x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
@@ -157,43 +177,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(cfg.train.run_dir) / cfg.train.run_id
     C.validate(cfg)  # before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)
-    C.save(cfg, run_dir / "config.yaml")
     _setup_logging(run_dir)
 
     from learner.evaluate import final_video, plot_curve
-    from learner.trainer import Trainer
+    from learner.trainer import Trainer, TrainingDiverged
     from services.metrics import StrideMetrics, serve
 
     log = logging.getLogger("stride")
     metrics = StrideMetrics(run_id=run_dir.name, mode=cfg.train.mode)
-    server = None
-    if cfg.train.metrics_port:
-        server = serve(metrics.registry, cfg.train.metrics_port, cfg.train.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", cfg.train.metrics_host, cfg.train.metrics_port)
-    hub = experience = None
+    hub = None
     if cfg.train.experience_port:
         from learner.trainer import env_spaces
-        from services.metrics import RpcMetrics
         from services.rpc import experience_service as es
-        from services.rpc.server import Server
 
         obs_dim, act_dim = env_spaces(cfg)
         hub = es.ExperienceHub(obs_dim, act_dim, cfg.train.max_policy_lag if cfg.train.mode == "async" else 0)
-        experience = Server(es.register(es.ExperienceServicer(hub)), cfg.train.experience_host,
-                            cfg.train.experience_port, _security(args), RpcMetrics(metrics.registry))
-        log.info("ExperienceService on %s", experience.address)
+    # The trainer first (it checks the checkpoint to resume from), then the servers: bad input
+    # fails before anything listens or starts.
     trainer = Trainer(cfg, run_dir, resume=args.resume is not None, observers=[metrics], external=hub)
+    C.save(cfg, run_dir / "config.yaml")  # only now: a refused --resume leaves the run's config as it was
     if args.resume is not None and (run_dir / "metrics.jsonl").exists():
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         if lines:
             metrics.start_from(json.loads(lines[-1]))
-    log.info("run folder %s", run_dir)
+    server = experience = None
     code = 0
     try:
-        last = trainer.run()
-    except KeyboardInterrupt:
-        log.warning("stopped early; resume with: stride train --resume %s", run_dir)
-        last, code = {}, 130
+        if cfg.train.metrics_port:
+            server = serve(metrics.registry, cfg.train.metrics_port, cfg.train.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", cfg.train.metrics_host, cfg.train.metrics_port)
+        if hub is not None:
+            from services.metrics import RpcMetrics
+            from services.rpc import experience_service as es
+            from services.rpc.server import Server
+
+            experience = Server(es.register(es.ExperienceServicer(hub)), cfg.train.experience_host,
+                                cfg.train.experience_port, _security(args), RpcMetrics(metrics.registry))
+            log.info("ExperienceService on %s", experience.address)
+        log.info("run folder %s", run_dir)
+        try:
+            last = trainer.run()
+        except KeyboardInterrupt:
+            log.warning("stopped early; resume with: stride train --resume %s", run_dir)
+            last, code = {}, 130
+        except TrainingDiverged as exc:
+            log.error("%s", exc)
+            last, code = {}, 3
+    finally:
+        if server is not None:
+            server.shutdown()
+        if experience is not None:
+            experience.stop()
     curve = plot_curve(run_dir)
     if curve:
         log.info("learning curve %s", curve)
@@ -201,10 +235,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info(final_video(run_dir, run_dir / "walk.mp4"))
     if last:
         log.info("done: %d env steps, last mean return %s", last["env_steps"], last.get("episode_return_mean"))
-    if server is not None:
-        server.shutdown()
-    if experience is not None:
-        experience.stop()
     return code
 
 
@@ -267,6 +297,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from services.bench import bench_scale
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.bench == "time-to-walk":
+        from services.time_to_walk import time_to_walk
+
+        overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
+                                     "train.address": args.address or ""}
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise C.ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+            overrides[key.strip()] = value
+        cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
+        C.validate(cfg)
+        r = time_to_walk(cfg, args.out, args.threshold, args.window, video=not args.no_video)
+        state = "reached" if r.reached else "NOT reached"
+        print(f"threshold {r.threshold:.1f} {state} after {r.wall_seconds:.0f} s, {r.env_steps:,} env steps "
+              f"(training return {r.train_return:.1f}); eval return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
+              f"length {r.eval_length:.0f}"
+              + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
+              + (f"; video {r.video}" if r.video else ""))
+        return 0 if r.reached else 1
+    if args.bench == "soak":
+        from services.soak import print_report, soak
+
+        cfg = C.load(None, {"env.id": args.env, "rollout.actors": args.actors, "train.mode": args.mode,
+                            "train.total_steps": args.steps, "train.address": args.address or "",
+                            "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100})
+        C.validate(cfg)
+        report = soak(cfg, args.out)
+        print_report(report)
+        print(f"wrote {args.out / 'soak.csv'}")
+        return 0
     try:
         counts = [int(x) for x in args.actors.split(",") if x.strip()]
     except ValueError:
@@ -278,7 +339,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = C.load(None, {"env.id": args.env, "env.envs_per_actor": args.envs_per_actor, "train.mode": args.mode,
                         "train.address": args.address or "", "train.metrics_port": 0})
     C.validate(cfg)
-    points = bench_scale(cfg, counts, args.seconds, args.out)
+    if args.local_nodes < 0 or (args.local_nodes and args.address):
+        raise C.ConfigError("--local-nodes: must be >= 0, and cannot be combined with --address")
+    if args.local_nodes:
+        from learner.config import local_cpus
+        from services.bench import local_cluster
+
+        per_node = max(1, local_cpus() // args.local_nodes)
+        with local_cluster(args.local_nodes, per_node):
+            points = bench_scale(cfg, counts, args.seconds, args.out)
+    else:
+        points = bench_scale(cfg, counts, args.seconds, args.out)
     print(f"{'actors':>6} {'env steps/s':>12} {'efficiency':>10} {'policy lag':>10} {'sample':>7} {'update':>7}")
     for p in points:
         print(f"{p.actors:>6} {p.env_steps_per_s:>12,.0f} {p.efficiency:>10.2f} {p.policy_lag_mean:>10.2f} "

@@ -84,7 +84,9 @@ class StrideMetrics:
         self.broadcasts = counter("stride_weights_broadcasts", "Weights versions published").labels(*ids)
         self.actors_alive = gauge("stride_actors_alive", "Rollout actors whose last fragment arrived").labels(*ids)
         self.actors_configured = gauge("stride_actors", "Rollout actors the run was started with").labels(*ids)
-        self.actor_restarts = counter("stride_actor_restarts", "Rollout actor deaths (Ray restarts them)").labels(*ids)
+        self.actor_restarts = counter("stride_actor_restarts",
+                                      "Rollout actors lost and restarted, by cause (died, or timeout: stalled "
+                                      "past rollout.sample_timeout_s and killed)", "cause")
         self.fragments_dropped = counter("stride_fragments_dropped",
                                          "Fragments not trained on, by reason (stale, lost, rejected)", "reason")
         self.env_errors = counter("stride_env_errors",
@@ -92,6 +94,9 @@ class StrideMetrics:
         self.nan_events = counter("stride_nan_events", "Fragments or updates rejected for NaN/inf").labels(*ids)
         self.checkpoint_age = gauge("stride_checkpoint_age_seconds", "Seconds since the last checkpoint").labels(*ids)
         self.checkpoints = counter("stride_checkpoints", "Checkpoints written").labels(*ids)
+        self.checkpoint_failures = counter("stride_checkpoint_failures",
+                                           "Periodic checkpoints that could not be written (e.g. disk full)"
+                                           ).labels(*ids)
         self.learner_rss = gauge("stride_learner_resident_memory_bytes", "Resident memory of the learner").labels(*ids)
         self.actor_rss = gauge("stride_actor_resident_memory_bytes",
                                "Largest resident memory among actors in the last iteration").labels(*ids)
@@ -105,6 +110,8 @@ class StrideMetrics:
             self.phase_seconds_total.labels(*ids, phase)
         for reason in ("stale", "lost", "rejected"):
             self.fragments_dropped.labels(*ids, reason)
+        for cause in ("died", "timeout"):
+            self.actor_restarts.labels(*ids, cause)
         self._seen: dict[str, float] = {}
 
     def _inc_to(self, counter: Any, key: str, total: float) -> None:
@@ -116,7 +123,7 @@ class StrideMetrics:
 
     def start_from(self, record: dict[str, Any]) -> None:
         """On resume: take the cumulative counters of the last record as already counted."""
-        for key in ("dropped_fragments", "lost_fragments", "rejected_fragments", "actor_failures", "env_errors"):
+        for key in COUNTED:
             self._seen[key] = float(record.get(key, 0))
         self._seen["nan_events"] = float(record.get("rejected_fragments", 0) + record.get("nan_updates", 0))
 
@@ -152,7 +159,9 @@ class StrideMetrics:
         self.broadcasts.inc()
         self.actors_alive.set(rec["actors_alive"])
         self.actors_configured.set(rec["actors"])
-        self._inc_to(self.actor_restarts, "actor_failures", rec["actor_failures"])
+        self._inc_to(self.actor_restarts.labels(*ids, "died"), "actor_failures", rec["actor_failures"])
+        self._inc_to(self.actor_restarts.labels(*ids, "timeout"), "actor_timeouts", rec["actor_timeouts"])
+        self._inc_to(self.checkpoint_failures, "checkpoint_failures", rec["checkpoint_failures"])
         self._inc_to(self.fragments_dropped.labels(*ids, "stale"), "dropped_fragments", rec["dropped_fragments"])
         self._inc_to(self.fragments_dropped.labels(*ids, "lost"), "lost_fragments", rec["lost_fragments"])
         self._inc_to(self.fragments_dropped.labels(*ids, "rejected"), "rejected_fragments", rec["rejected_fragments"])
@@ -166,6 +175,11 @@ class StrideMetrics:
     def on_checkpoint(self, path: Path, when: float) -> None:
         self._last_checkpoint = when
         self.checkpoints.inc()
+
+
+# Cumulative counters of the trainer's record that map onto Prometheus counters.
+COUNTED = ("dropped_fragments", "lost_fragments", "rejected_fragments", "actor_failures", "actor_timeouts",
+           "checkpoint_failures", "env_errors")
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> Any:

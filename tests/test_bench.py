@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,33 @@ def test_bench_scale_rejects_bad_counts(tmp_path: Path) -> None:
     done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "scale", "--actors", "0,2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--actors" in done.stderr
+
+
+def test_time_to_walk_stops_at_the_threshold_and_reports(tmp_path: Path) -> None:
+    """The same command as for the biped, on Pendulum so it finishes in CI: an untrained policy
+    scores about -1200; -700 takes a few tens of thousands of steps."""
+    out = tmp_path / "ttw"
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "time-to-walk", "--config",
+                           "configs/pendulum.yaml", "--threshold", "-700", "--window", "3", "--max-seconds", "240",
+                           "--set", "rollout.actors=2", "--no-video", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    result = json.loads((out / "time_to_walk.json").read_text())
+    assert result["reached"] and result["train_return"] >= -700
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert result["env_steps"] == recs[-1]["env_steps"] < 120_000  # stopped at the threshold, not the end
+    tail = [r for r in recs[-3:]]
+    n = sum(r["episodes"] for r in tail)
+    assert n and abs(sum(r["episode_return_mean"] * r["episodes"] for r in tail if r["episodes"]) / n
+                     - result["train_return"]) < 1e-6  # the window's episode-weighted mean
+    assert result["eval_return"] > -1000 and "threshold -700.0 reached" in done.stdout
+
+
+def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "scale", "--actors", "2",
+                           "--local-nodes", "2", "--seconds", "5", "--env", "Pendulum-v1", "--envs-per-actor", "4",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "scale.csv").open()))
+    assert [int(r["actors"]) for r in rows] == [2] and float(rows[0]["env_steps_per_s"]) > 0

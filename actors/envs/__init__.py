@@ -11,6 +11,7 @@
 import gymnasium
 
 BIPED_ID = "stride/BipedWalker-v0"
+CHAOS_ID = "stride/Chaos-v0"  # any env with injected crashes, stalls and NaNs (chaos.py)
 
 if BIPED_ID not in gymnasium.registry:
     gymnasium.register(
@@ -18,5 +19,7 @@ if BIPED_ID not in gymnasium.registry:
         entry_point="actors.envs.biped:BipedWalkerEnv",
         vector_entry_point="actors.envs.batched:BatchedBipedEnv",
     )
+if CHAOS_ID not in gymnasium.registry:
+    gymnasium.register(id=CHAOS_ID, entry_point="actors.envs.chaos:ChaosEnv")
 
-__all__ = ["BIPED_ID"]
+__all__ = ["BIPED_ID", "CHAOS_ID"]

@@ -105,13 +105,14 @@ def build() -> dict:
                        (f"stride_gpu_memory_bytes{SEL}", "GPU allocated")))
         .with_panel(ts("Broadcasts and checkpoints", "short",
                        (f"increase(stride_weights_broadcasts_total{SEL}[$__rate_interval])", "broadcasts"),
-                       (f"increase(stride_checkpoints_total{SEL}[$__rate_interval])", "checkpoints")))
+                       (f"increase(stride_checkpoints_total{SEL}[$__rate_interval])", "checkpoints"),
+                       (f"increase(stride_checkpoint_failures_total{SEL}[$__rate_interval])", "checkpoint failures")))
         # --- fleet ------------------------------------------------------------------------
         .with_row(dashboard.Row("Fleet"))
         .with_panel(ts("Actors", "short", (f"stride_actors_alive{SEL}", "alive"),
                        (f"stride_actors{SEL}", "configured")))
         .with_panel(ts("Actor restarts", "short",
-                       (f"increase(stride_actor_restarts_total{SEL}[$__rate_interval])", "restarts")))
+                       (f"increase(stride_actor_restarts_total{SEL}[$__rate_interval])", "{{cause}}")))
         .with_panel(ts("Fragments dropped", "short",
                        (f"increase(stride_fragments_dropped_total{SEL}[$__rate_interval])", "{{reason}}")))
         .with_panel(ts("Env errors and NaN events", "short",

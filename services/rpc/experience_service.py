@@ -7,6 +7,7 @@ the trainer drains them each round and applies the same staleness rule as to Ray
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ class ExperienceHub:
         self._blob = b""
         self._names: dict[str, int] = {}
         self.accepted = 0
+        self._received = 0  # numbers the fragments' ids
         self.dropped_stale = 0
 
     # -- trainer side ---------------------------------------------------------------------
@@ -67,6 +69,9 @@ class ExperienceHub:
             with self._lock:
                 self.dropped_stale += 1
             return False
+        with self._lock:
+            frag = dataclasses.replace(frag, fragment_id=f"remote{frag.worker_id}-{self._received}")
+            self._received += 1
         try:
             self._queue.put_nowait(frag)
         except queue.Full:
