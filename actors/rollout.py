@@ -1,7 +1,7 @@
 """The rollout loop: step B envs with a policy for T steps and return a `Trajectory`.
 
 Pure Python + NumPy: no Ray, no torch. `RolloutWorker` (worker.py) is a thin Ray shell around
-`Sampler`, and the trainer's one-process mode drives a `Sampler` directly.
+`Sampler`; tests and benchmarks drive a `Sampler` directly, in one process.
 """
 
 from __future__ import annotations
