@@ -14,7 +14,7 @@ import torch
 
 from actors.policy import ActorCritic
 from actors.trajectory import Trajectory, Weights
-from learner.config import Config
+from learner.config import Config, learner_threads
 from learner.gae import compute_gae
 from learner.normalizer import RunningMeanStd
 from learner.ppo import Batch, adapt_beta, explained_variance, ppo_update
@@ -47,8 +47,9 @@ class Learner:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: str) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        if cfg.train.torch_threads:
-            torch.set_num_threads(cfg.train.torch_threads)
+        threads = learner_threads(cfg, device)
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(cfg.train.seed)
         self.model = ActorCritic(obs_dim, act_dim, tuple(cfg.model.hidden), cfg.model.init_log_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr, eps=1e-5)

@@ -138,3 +138,14 @@ def test_not_a_checkpoint_is_rejected_with_its_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a Stride checkpoint"):
         checkpoint.load(bad)
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_learner_threads_leave_the_actors_their_cores(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(C, "local_cpus", lambda: 16)
+    assert C.learner_threads(C.load(None, {"rollout.actors": 12}), "cpu") == 4
+    assert C.learner_threads(C.load(None, {"rollout.actors": 0}), "cpu") == 1  # one actor per CPU
+    assert C.learner_threads(C.load(None, {"rollout.actors": 20}), "cpu") == 1
+    assert C.learner_threads(C.load(None, {"train.torch_threads": 3}), "cpu") == 3  # explicit wins
+    assert C.learner_threads(C.load(None, {"rollout.actors": 2}), "cuda") == 0  # GPU: torch default
+    assert C.learner_threads(C.load(None, {"rollout.actors": 2, "train.address": "auto"}), "cpu") == 0
