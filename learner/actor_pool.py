@@ -106,10 +106,6 @@ class ActorPool:
             back.append(i)
         return back
 
-    def call_all(self, method: str) -> list[Any]:
-        """`method()` on every usable actor (diagnostics: pid, node_id)."""
-        return ray.get([getattr(self.workers[i], method).remote() for i in sorted(self.usable)])
-
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w, no_restart=True)

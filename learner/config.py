@@ -329,11 +329,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def ray_address(cfg: Config) -> str:
+    """The Ray cluster to join: train.address, else RAY_ADDRESS; '' means an embedded local Ray."""
+    return cfg.train.address or os.environ.get("RAY_ADDRESS", "")
+
+
 def learner_threads(cfg: Config, device: str) -> int:
     """Torch threads for the learner (0: leave torch's default); see TrainConfig.torch_threads."""
     if cfg.train.torch_threads:
         return cfg.train.torch_threads
-    if not device.startswith("cpu") or cfg.train.address or os.environ.get("RAY_ADDRESS"):
+    if not device.startswith("cpu") or ray_address(cfg):
         return 0  # a GPU learner, or actors on other machines: nothing to share
     cpus = cfg.train.num_cpus or local_cpus()
     actors = cfg.rollout.actors or cpus

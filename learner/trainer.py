@@ -37,7 +37,7 @@ import torch
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
 from learner import checkpoint
 from learner.actor_pool import ActorPool
-from learner.config import Config, local_cpus, resolve_device
+from learner.config import Config, local_cpus, ray_address, resolve_device
 from learner.learner import Learner
 
 log = logging.getLogger("stride")
@@ -95,7 +95,7 @@ def start_ray(cfg: Config) -> None:
     """Join the cluster named by train.address or RAY_ADDRESS, else start a local Ray."""
     if ray.is_initialized():
         return
-    address = cfg.train.address or os.environ.get("RAY_ADDRESS", "")
+    address = ray_address(cfg)
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         log.info("joined the Ray cluster at %s (%d CPUs)", address, int(ray.cluster_resources().get("CPU", 0)))
@@ -207,11 +207,12 @@ class Trainer:
         # Fresh env seeds on resume, so a resumed run does not replay its first fragments.
         seed = self.cfg.train.seed + 7919 * self.counters.iteration
         self.pool = ActorPool(self.cfg, self.counters, n, seed)
-        ready = self.pool.wait_ready(timeout=min(60.0, self.cfg.rollout.sample_timeout_s))
+        wait_s = min(60.0, self.cfg.rollout.sample_timeout_s)
+        ready = self.pool.wait_ready(timeout=wait_s)
         if ready < n:
-            log.warning("only %d of %d rollout actors started within 60 s (the cluster has %d CPUs, each actor "
+            log.warning("only %d of %d rollout actors started within %.0f s (the cluster has %d CPUs, each actor "
                         "needs 1); training starts with those, the others join once there is room",
-                        ready, n, int(ray.cluster_resources().get("CPU", 0)))
+                        ready, n, wait_s, int(ray.cluster_resources().get("CPU", 0)))
         log.info("%d rollout actors x %d envs, fragments of %d steps, learner on %s, mode %s",
                  n, self.cfg.env.envs_per_actor, self.cfg.rollout.fragment_length, self.device, self.cfg.train.mode)
         return self.pool
@@ -271,9 +272,11 @@ class Trainer:
         buffer: list[Trajectory] = []
         t0 = time.perf_counter()
         while True:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0 if inflight else 0.0)
-            if not inflight:
-                time.sleep(0.5)  # every actor is down: wait for one to come back
+            if inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            else:  # every actor is down: wait for one to come back
+                ready = []
+                time.sleep(0.5)
             for obj in ready:
                 i, _ = inflight.pop(obj)
                 frag = pool.receive(obj, i)
@@ -375,7 +378,7 @@ class Trainer:
                       kept[-1].name if kept else "none")
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._stop = True
+        self.request_stop()
 
     def request_stop(self) -> None:
         """Finish after the current iteration (checkpoint, then `run` raises KeyboardInterrupt)."""

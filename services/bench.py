@@ -9,6 +9,7 @@ command works unchanged on a multi-node cluster and under `ray job submit`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import logging
@@ -61,9 +62,7 @@ def _single_core_rate(env_id: str, num_envs: int, seconds: float) -> float:
 
 
 def scale_point(cfg: C.Config, actors: int, seconds: float, base_rate: float) -> ScalePoint:
-    run_cfg = C.load(None)
-    for section in ("env", "rollout", "ppo", "model", "train"):
-        setattr(run_cfg, section, type(getattr(cfg, section))(**asdict(getattr(cfg, section))))
+    run_cfg = copy.deepcopy(cfg)
     run_cfg.rollout.actors = actors
     run_cfg.train.max_seconds = seconds
     run_cfg.train.total_steps = 10**12

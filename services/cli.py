@@ -133,19 +133,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _set_overrides(items: list[str]) -> dict[str, str]:
+    """`--set SECTION.FIELD=VALUE` flags as dotted overrides."""
     from learner.config import ConfigError
 
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for flag, (dotted, _) in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             out[dotted] = value
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        out[key.strip()] = value
+    out.update(_set_overrides(args.overrides))
     if args.no_video:
         out["train.video"] = False
     return out
@@ -301,12 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from services.time_to_walk import time_to_walk
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
-                                     "train.address": args.address or ""}
-        for item in args.overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise C.ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-            overrides[key.strip()] = value
+                                     "train.address": args.address or "", **_set_overrides(args.overrides)}
         cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
         r = time_to_walk(cfg, args.out, args.threshold, args.window, video=not args.no_video)

@@ -9,7 +9,6 @@ bounded (one weights version plus the fragments in flight).
 from __future__ import annotations
 
 import csv
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 from actors.trajectory import EpisodeStats
 from learner import config as C
 from learner.trainer import Trainer
-
-log = logging.getLogger("stride")
 
 
 @dataclass
@@ -105,4 +102,3 @@ def print_report(r: SoakReport) -> None:
     print(f"growth warm->end: learner {r.growth('learner_rss_mib'):+.1f} MiB, actors "
           f"{r.growth('actor_rss_mib'):+.1f} MiB; object store at most {r.max_object_store_mib:.1f} MiB, "
           f"{r.max_objects} objects")
-

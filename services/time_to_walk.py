@@ -28,7 +28,7 @@ log = logging.getLogger("stride")
 class TimeToWalk:
     threshold: float
     reached: bool
-    wall_seconds: float  # from the start of training to the iteration that crossed (or to the stop)
+    wall_seconds: float  # from the call (Ray and actor start-up included) to the crossing iteration, or the stop
     env_steps: int
     train_return: float  # windowed training return when it stopped
     eval_return: float
