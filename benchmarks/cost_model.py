@@ -7,8 +7,8 @@ Measures, on this machine (median of --repeats):
   2. bytes of one weights version (the default 128x128 policy + value net + normaliser);
   3. cross-node transfer into the driver: fragments produced on another Ray node of a local
      two-node cluster (ray.cluster_utils.Cluster) fetched with ray.get, MB/s and fragments/s;
-  4. the learner's time per sample (GAE + 5 epochs x 8 minibatches of PPO) on the CPU, and on
-     CUDA when present;
+  4. the learner's time per sample (GAE + the default PPO epochs x minibatches, learner/config.py)
+     on the CPU, and on CUDA when present;
   5. one actor's env steps/s with the policy in the loop (collect(), one core).
 Then prints the demand at N actors against the capacity of one learner process.
 """

@@ -26,7 +26,15 @@ class Batch:
         return int(self.obs.shape[0])
 
     def take(self, idx: torch.Tensor) -> Batch:
-        return Batch(*(getattr(self, f)[idx] for f in ("obs", "actions", "logp", "advantages", "returns", "values")))
+        """The rows `idx` (a copy)."""
+        return Batch(*(getattr(self, f)[idx] for f in _FIELDS))
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows start:stop (views, no copy)."""
+        return Batch(*(getattr(self, f)[start:stop] for f in _FIELDS))
+
+
+_FIELDS = ("obs", "actions", "logp", "advantages", "returns", "values")
 
 
 @dataclass(frozen=True)
@@ -107,16 +115,21 @@ def ppo_update(
     Stops early if cfg.target_kl > 0 and the KL passes it. Raises
     FloatingPointError (and leaves the weights as they were at the last good step) if a loss
     is not finite.
+
+    Diagnostics are summed on the device and read once at the end (one host sync per update,
+    not seven per minibatch); each epoch's shuffle is one gather, its minibatches are slices.
     """
     n = len(batch)
     size = n // cfg.minibatches
-    sums: dict[str, float] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # what it steps
+    sums = torch.zeros(len(_STAT_NAMES), device=batch.obs.device)
     count = 0
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator, device="cpu").to(batch.obs.device)
-        epoch_kl = 0.0
+        shuffled = batch.take(perm)
+        epoch_kl = torch.zeros((), device=batch.obs.device)
         for k in range(cfg.minibatches):
-            mb = batch.take(perm[k * size : (k + 1) * size])
+            mb = shuffled.slice(k * size, (k + 1) * size)
             adv = mb.advantages
             if cfg.norm_adv and len(adv) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -125,19 +138,19 @@ def ppo_update(
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite PPO loss {out.loss.item()} (policy {out.policy_loss.item()}, "
                                          f"value {out.value_loss.item()})")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached
             out.loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
-            stats = {
-                "loss": out.loss.item(), "policy_loss": out.policy_loss.item(), "value_loss": out.value_loss.item(),
-                "entropy": out.entropy.item(), "approx_kl": out.approx_kl.item(), "clipfrac": out.clipfrac.item(),
-                "grad_norm": float(grad_norm),
-            }
-            for key, v in stats.items():
-                sums[key] = sums.get(key, 0.0) + v
+            with torch.no_grad():
+                sums += torch.stack([out.loss, out.policy_loss, out.value_loss, out.entropy, out.approx_kl,
+                                     out.clipfrac, grad_norm]).detach()
+                epoch_kl += out.approx_kl.detach() / cfg.minibatches
             count += 1
-            epoch_kl += stats["approx_kl"] / cfg.minibatches
-        if cfg.target_kl > 0 and epoch_kl > cfg.target_kl:
+        if cfg.target_kl > 0 and float(epoch_kl) > cfg.target_kl:
             break
-    return {k: v / count for k, v in sums.items()}
+    means = (sums / count).tolist()
+    return dict(zip(_STAT_NAMES, means, strict=True))
+
+
+_STAT_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")

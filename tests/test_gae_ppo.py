@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.policy import ActorCritic, NumpyPolicy
+from actors.policy import SIGMOID_TANH_MIN, ActorCritic, NumpyPolicy, Tanh
 from learner.config import PPOConfig
 from learner.gae import compute_gae
 from learner.learner import values_and_bootstrap
@@ -197,6 +197,30 @@ def test_numpy_policy_matches_torch_policy() -> None:
     np.testing.assert_allclose(logp, ref_logp, rtol=1e-5, atol=1e-5)
 
 
+def test_evaluate_matches_torch_distributions() -> None:
+    """The written-out Gaussian log-prob/entropy and the sigmoid-based tanh agree with
+    torch.distributions.Normal and torch.tanh, values and gradients."""
+    torch.manual_seed(4)
+    model = ActorCritic(5, 3, hidden=(16, 8), init_log_std=-0.3)
+    model.obs_mean.copy_(torch.randn(5))
+    model.obs_var.copy_(torch.rand(5) + 0.5)
+    obs, actions = torch.randn(11, 5) * 2, torch.randn(11, 3)
+    logp, entropy, values = model.evaluate(obs, actions)
+    dist = model.distribution(obs)
+    torch.testing.assert_close(logp, dist.log_prob(actions).sum(-1))
+    torch.testing.assert_close(entropy, dist.entropy().sum(-1))
+    torch.testing.assert_close(values, model.value(obs))
+
+    x = torch.linspace(-12, 12, SIGMOID_TANH_MIN + 1, dtype=torch.float32, requires_grad=True)  # sigmoid path
+    ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = Tanh()(x), torch.tanh(ref)
+    assert "SigmoidTanh" in type(y.grad_fn).__name__
+    torch.testing.assert_close(y, y_ref, atol=2e-7, rtol=0)
+    (y * torch.cos(x)).sum().backward()
+    (y_ref * torch.cos(ref)).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=0)
+
+
 def test_non_finite_loss_never_reaches_the_weights() -> None:
     """A batch whose loss overflows (finite but absurd rewards) leaves weights and optimiser
     exactly as they were and raises FloatingPointError for the trainer to count and skip."""
@@ -224,3 +248,39 @@ def test_non_finite_loss_never_reaches_the_weights() -> None:
         assert torch.equal(v, before[k]), k
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(opt_before, learner.optimizer.state.values(), strict=True))
     assert learner.version == version
+
+
+def test_flat_parameters_train_like_separate_ones() -> None:
+    """One flat buffer for Adam (learner.flatten_parameters) gives the same updates as Adam over
+    the per-layer tensors, the module's state dict is unchanged, and an optimiser state saved
+    per layer (older checkpoints) loads into the flat layout."""
+    from learner.learner import _flatten_optimizer_state, flatten_parameters
+
+    torch.manual_seed(5)
+    ref = ActorCritic(4, 2, hidden=(8, 8))
+    flat_model = ActorCritic(4, 2, hidden=(8, 8))
+    flat_model.load_state_dict(ref.state_dict())
+    flat = flatten_parameters(flat_model)
+    assert flat.numel() == sum(p.numel() for p in ref.parameters())
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-5)
+    opt_flat = torch.optim.Adam([flat], lr=1e-2, eps=1e-5, fused=True)
+    obs = torch.randn(64, 4)
+    with torch.no_grad():
+        dist = ref.distribution(obs)
+        actions = dist.sample()
+        logp = dist.log_prob(actions).sum(-1)
+        values = ref.value(obs)
+    adv = actions[:, 0] - actions[:, 0].mean()
+    batch = Batch(obs, actions, logp, adv, adv + values, values)
+    cfg = PPOConfig(epochs=3, minibatches=4)
+    s_ref = ppo_update(ref, opt_ref, batch, cfg, 0.0, torch.Generator().manual_seed(1))
+    s_flat = ppo_update(flat_model, opt_flat, batch, cfg, 0.0, torch.Generator().manual_seed(1))
+    assert s_flat == pytest.approx(s_ref, rel=1e-4, abs=1e-6)
+    assert list(flat_model.state_dict()) == list(ref.state_dict())
+    for (k, a), b in zip(ref.state_dict().items(), flat_model.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+    # A per-layer Adam state (12 moments) becomes the flat one, in parameter order.
+    converted = _flatten_optimizer_state(opt_ref.state_dict())
+    opt_flat.load_state_dict(converted)
+    torch.testing.assert_close(opt_flat.state[flat]["exp_avg"],
+                               torch.cat([opt_ref.state[p]["exp_avg"].reshape(-1) for p in ref.parameters()]))

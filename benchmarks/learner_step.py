@@ -1,0 +1,89 @@
+"""PPO update cost on this machine: milliseconds per minibatch step and microseconds per sample.
+
+    python benchmarks/learner_step.py [--device cpu|cuda] [--threads 1] [--repeats 7]
+
+Times `ppo_update` (learner/ppo.py) on random data for the two shapes the configs use:
+Walker2d (17 obs, 64x64, 2,048 samples, 10 epochs x 32 minibatches of 64) and the biped
+(31 obs, 128x128, 4,096 samples, 5 epochs x 8 minibatches of 512). Variants, interleaved
+repeat by repeat so that machine noise hits them alike:
+  per-layer  torch.optim.Adam over each layer's tensors (foreach), nn.Tanh  (the old learner)
+  flat       one flat parameter buffer, fused Adam, the sigmoid-based Tanh   (the learner now)
+Medians of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from actors.policy import ActorCritic, Tanh
+from learner.config import PPOConfig
+from learner.learner import flatten_parameters
+from learner.ppo import Batch, ppo_update
+
+SHAPES = {
+    "walker2d": dict(obs_dim=17, hidden=(64, 64), n=2048, epochs=10, minibatches=32),
+    "biped": dict(obs_dim=31, hidden=(128, 128), n=4096, epochs=5, minibatches=8),
+}
+
+
+def build(shape: dict, variant: str, device: str) -> tuple[ActorCritic, torch.optim.Optimizer, Batch, PPOConfig]:
+    torch.manual_seed(0)
+    model = ActorCritic(shape["obs_dim"], 6, shape["hidden"]).to(device)
+    if variant == "per-layer":
+        for net in (model.pi, model.v):
+            for i, layer in enumerate(net):
+                if isinstance(layer, Tanh):
+                    net[i] = nn.Tanh()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-5)
+    else:
+        opt = torch.optim.Adam([flatten_parameters(model)], lr=3e-4, eps=1e-5, fused=True)
+    n = shape["n"]
+    obs = torch.randn(n, shape["obs_dim"], device=device)
+    actions = torch.randn(n, 6, device=device)
+    with torch.no_grad():
+        logp, _, values = model.evaluate(obs, actions)
+    batch = Batch(obs, actions, logp, torch.randn(n, device=device), values + torch.randn(n, device=device), values)
+    return model, opt, batch, PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = ("per-layer", "flat")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+          f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), median of {args.repeats}")
+    print(f"{'shape':>9} {'variant':>10} {'update ms':>10} {'ms/step':>8} {'us/sample':>10} {'speed-up':>9}")
+    for name, shape in SHAPES.items():
+        built = {v: build(shape, v, args.device) for v in variants}
+        gen = {v: torch.Generator().manual_seed(0) for v in variants}
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for rep in range(args.repeats + 1):
+            for v in variants:
+                model, opt, batch, cfg = built[v]
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                ppo_update(model, opt, batch, cfg, 1.0, gen[v])  # ends in a host read: synchronised
+                if rep:  # the first round warms up
+                    times[v].append(time.perf_counter() - start)
+        base = statistics.median(times["per-layer"])
+        for v in variants:
+            med = statistics.median(times[v])
+            steps = shape["epochs"] * shape["minibatches"]
+            print(f"{name:>9} {v:>10} {med * 1e3:>10.1f} {med / steps * 1e3:>8.3f} "
+                  f"{med / shape['n'] * 1e6:>10.1f} {base / med:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
