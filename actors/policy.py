@@ -40,6 +40,9 @@ class _SigmoidTanhFn(torch.autograd.Function):
         return grad * (1.0 - y * y)
 
 
+SIGMOID_TANH_MIN = 16384  # elements; below this Tanh uses torch.tanh (see Tanh)
+
+
 class Tanh(nn.Module):
     """nn.Tanh, but for large CPU tensors computed through sigmoid: the CPU PyTorch wheel's tanh
     kernel runs at ~2.8 ns per element on this machine's AVX-512 path, ~8x its sigmoid (a
@@ -53,9 +56,6 @@ class Tanh(nn.Module):
         if x.is_cuda or x.numel() < SIGMOID_TANH_MIN or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return torch.tanh(x)
         return _SigmoidTanhFn.apply(x)
-
-
-SIGMOID_TANH_MIN = 16384
 
 
 def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
@@ -109,9 +109,10 @@ class ActorCritic(nn.Module):
         z = self.normalize(obs)
         mean = self.pi(z)
         log_std = self.log_std
+        log_std_sum = log_std.sum()
         logp = (actions - mean).mul(torch.exp(-log_std)).pow(2).sum(-1).mul(-0.5) - (
-            log_std.sum() + 0.5 * LOG_2PI * self.act_dim)
-        entropy = (log_std.sum() + (0.5 + 0.5 * LOG_2PI) * self.act_dim).expand(obs.shape[0])
+            log_std_sum + 0.5 * LOG_2PI * self.act_dim)
+        entropy = (log_std_sum + (0.5 + 0.5 * LOG_2PI) * self.act_dim).expand(obs.shape[0])
         return logp, entropy, self.v(z).squeeze(-1)
 
     def weights(self, version: int) -> Weights:

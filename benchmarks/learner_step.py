@@ -6,7 +6,7 @@ Times `ppo_update` (learner/ppo.py) on random data for the two shapes the config
 Walker2d (17 obs, 64x64, 2,048 samples, 10 epochs x 32 minibatches of 64) and the biped
 (31 obs, 128x128, 4,096 samples, 5 epochs x 8 minibatches of 512). Variants, interleaved
 repeat by repeat so that machine noise hits them alike:
-  per-layer  torch.optim.Adam over each layer's tensors (foreach), nn.Tanh  (the old learner)
+  per-layer  torch.optim.Adam over each layer's tensors (torch's default), nn.Tanh  (the old learner)
   flat       one flat parameter buffer, fused Adam, the sigmoid-based Tanh   (the learner now)
 Medians of --repeats.
 """

@@ -127,7 +127,7 @@ def ppo_update(
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator, device="cpu").to(batch.obs.device)
         shuffled = batch.take(perm)
-        epoch_kl = torch.zeros((), device=batch.obs.device)
+        kl_before = sums[_KL].clone()  # this epoch's mean KL is derived from the running sum
         for k in range(cfg.minibatches):
             mb = shuffled.slice(k * size, (k + 1) * size)
             adv = mb.advantages
@@ -145,12 +145,12 @@ def ppo_update(
             with torch.no_grad():
                 sums += torch.stack([out.loss, out.policy_loss, out.value_loss, out.entropy, out.approx_kl,
                                      out.clipfrac, grad_norm]).detach()
-                epoch_kl += out.approx_kl.detach() / cfg.minibatches
             count += 1
-        if cfg.target_kl > 0 and float(epoch_kl) > cfg.target_kl:
+        if cfg.target_kl > 0 and float(sums[_KL] - kl_before) / cfg.minibatches > cfg.target_kl:
             break
     means = (sums / count).tolist()
     return dict(zip(_STAT_NAMES, means, strict=True))
 
 
 _STAT_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")
+_KL = _STAT_NAMES.index("approx_kl")

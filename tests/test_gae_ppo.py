@@ -147,18 +147,25 @@ def test_explained_variance() -> None:
     assert explained_variance(torch.full((4,), 2.5), y) == pytest.approx(0.0)
 
 
-def test_ppo_update_improves_the_surrogate_and_stays_finite() -> None:
-    torch.manual_seed(0)
-    model = ActorCritic(4, 2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    obs = torch.randn(256, 4)
+def rewarded_batch(model: ActorCritic, obs: torch.Tensor) -> Batch:
+    """Actions sampled from `model` at `obs`, with advantages that reward the first action
+    dimension being high (returns = advantages + values)."""
     with torch.no_grad():
         dist = model.distribution(obs)
         actions = dist.sample()
         logp = dist.log_prob(actions).sum(-1)
         values = model.value(obs)
-    adv = actions[:, 0] - actions[:, 0].mean()  # reward the first action dimension being high
-    batch = Batch(obs, actions, logp, adv, adv + values, values)
+    adv = actions[:, 0] - actions[:, 0].mean()
+    return Batch(obs, actions, logp, adv, adv + values, values)
+
+
+def test_ppo_update_improves_the_surrogate_and_stays_finite() -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(4, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    obs = torch.randn(256, 4)
+    batch = rewarded_batch(model, obs)
+    actions, logp, adv = batch.actions, batch.logp, batch.advantages
     cfg = PPOConfig(epochs=4, minibatches=4)
     stats = ppo_update(model, opt, batch, cfg, beta=0.0, generator=torch.Generator().manual_seed(0))
     assert all(np.isfinite(v) for v in stats.values())
@@ -264,14 +271,7 @@ def test_flat_parameters_train_like_separate_ones() -> None:
     assert flat.numel() == sum(p.numel() for p in ref.parameters())
     opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-5)
     opt_flat = torch.optim.Adam([flat], lr=1e-2, eps=1e-5, fused=True)
-    obs = torch.randn(64, 4)
-    with torch.no_grad():
-        dist = ref.distribution(obs)
-        actions = dist.sample()
-        logp = dist.log_prob(actions).sum(-1)
-        values = ref.value(obs)
-    adv = actions[:, 0] - actions[:, 0].mean()
-    batch = Batch(obs, actions, logp, adv, adv + values, values)
+    batch = rewarded_batch(ref, torch.randn(64, 4))
     cfg = PPOConfig(epochs=3, minibatches=4)
     s_ref = ppo_update(ref, opt_ref, batch, cfg, 0.0, torch.Generator().manual_seed(1))
     s_flat = ppo_update(flat_model, opt_flat, batch, cfg, 0.0, torch.Generator().manual_seed(1))
@@ -284,3 +284,16 @@ def test_flat_parameters_train_like_separate_ones() -> None:
     opt_flat.load_state_dict(converted)
     torch.testing.assert_close(opt_flat.state[flat]["exp_avg"],
                                torch.cat([opt_ref.state[p]["exp_avg"].reshape(-1) for p in ref.parameters()]))
+
+
+def test_target_kl_stops_after_the_epoch_that_passes_it() -> None:
+    """With target_kl > 0 the update stops at the end of the first epoch whose mean KL exceeds
+    it: counted in Adam steps (epochs x minibatches without it)."""
+    for target_kl, steps in ((0.0, 4 * 4), (1e-12, 4), (1e9, 4 * 4)):
+        torch.manual_seed(0)
+        model = ActorCritic(4, 2)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        batch = rewarded_batch(model, torch.randn(256, 4))
+        ppo_update(model, opt, batch, PPOConfig(epochs=4, minibatches=4, target_kl=target_kl), 0.0,
+                   torch.Generator().manual_seed(0))
+        assert all(int(s["step"]) == steps for s in opt.state.values()), target_kl
