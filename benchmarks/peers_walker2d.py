@@ -1,7 +1,7 @@
 """Stride against peers on Walker2d-v5 at the same sample budget, on this machine.
 
     pip install -e ".[peers]"            # stable-baselines3 and ray[rllib]
-    python benchmarks/peers_walker2d.py --budget 100000 [--only stride,sb3,rllib,cleanrl]
+    python benchmarks/peers_walker2d.py --budget 100000 [--only stride,sb3,rllib,cleanrl] [--seeds 1,2,3]
 
 Each system trains in its own subprocess, one after the other, on all local cores it chooses
 to use. Reported per system:
@@ -11,6 +11,9 @@ to use. Reported per system:
 - the return reached: the mean undiscounted return of the last 20 training episodes that
   finished before the budget ran out (raw env reward, whatever normalisation the system
   trains with).
+With several --seeds every system runs once per seed (systems interleaved within each seed, so
+a slow spell of the machine does not land on one system only); the summary gives the mean and
+standard deviation over seeds of both figures.
 Peers run with their documented MuJoCo PPO settings (SB3 and the CleanRL-style script:
 2048-step rollouts, 10 epochs of 64-sample minibatches, lr 3e-4; RLlib: the same batch,
 minibatch, epochs and lr, one env runner); Stride runs configs/walker2d.yaml.
@@ -32,13 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = "Walker2d-v5"
 
 
-def run_stride(budget: int) -> dict:
+def run_stride(budget: int, seed: int, config: str) -> dict:
     from learner import config as C
     from learner.trainer import Trainer
 
     run_dir = Path(tempfile.mkdtemp(prefix="stride-peers-"))
-    cfg = C.load(ROOT / "configs" / "walker2d.yaml", {"train.total_steps": budget, "train.video": False,
-                                                       "train.checkpoint_every": 10**9})
+    cfg = C.load(Path(config), {"train.total_steps": budget, "train.video": False,
+                                                       "train.checkpoint_every": 10**9,
+                                                       "train.seed": seed})
     C.validate(cfg)
     Trainer(cfg, run_dir, progress_stream=open(os.devnull, "w")).run()
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -54,13 +58,13 @@ def run_stride(budget: int) -> dict:
     return {"steps": recs[-1]["env_steps"], "seconds": seconds, "last_returns": returns[-20:]}
 
 
-def run_sb3(budget: int) -> dict:
+def run_sb3(budget: int, seed: int, config: str) -> dict:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=1))
-    model = PPO("MlpPolicy", env, seed=1, device="cpu", verbose=0)
+    env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=seed))
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
     start = time.perf_counter()
     model.learn(total_timesteps=budget)
     seconds = time.perf_counter() - start
@@ -68,7 +72,7 @@ def run_sb3(budget: int) -> dict:
             "last_returns": [float(e["r"]) for e in list(model.ep_info_buffer)[-20:]]}
 
 
-def run_rllib(budget: int) -> dict:
+def run_rllib(budget: int, seed: int, config: str) -> dict:
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -79,7 +83,7 @@ def run_rllib(budget: int) -> dict:
         .env_runners(num_env_runners=1, num_envs_per_env_runner=1)
         .training(train_batch_size_per_learner=2048, minibatch_size=64, num_epochs=10, lr=3e-4, gamma=0.99,
                   lambda_=0.95, clip_param=0.2, vf_clip_param=10.0)
-        .debugging(seed=1)
+        .debugging(seed=seed)
     )
     algo = config.build_algo()
     start = time.perf_counter()
@@ -94,11 +98,11 @@ def run_rllib(budget: int) -> dict:
     return {"steps": steps, "seconds": seconds, "last_returns": [ret]}
 
 
-def run_cleanrl(budget: int) -> dict:
+def run_cleanrl(budget: int, seed: int, config: str) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
     from cleanrl_style_ppo import train
 
-    return train(ENV, budget)
+    return train(ENV, budget, seed)
 
 
 RUNNERS = {"stride": run_stride, "sb3": run_sb3, "rllib": run_rllib, "cleanrl": run_cleanrl}
@@ -108,33 +112,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=100_000)
     parser.add_argument("--only", default="stride,sb3,rllib,cleanrl")
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds; every system runs once per seed")
+    parser.add_argument("--stride-config", default=str(ROOT / "configs" / "walker2d.yaml"),
+                        help="Stride's config file (the peers' settings are fixed)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:  # child process
-        print("RESULT " + json.dumps(RUNNERS[args.run](args.budget)))
+        print("RESULT " + json.dumps(RUNNERS[args.run](args.budget, args.seed, args.stride_config)))
         return
+    names = args.only.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for name in args.only.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--run", name, "--budget", str(args.budget)],
-                              capture_output=True, text=True, cwd=ROOT)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        r = json.loads(line[len("RESULT "):])
-        rets = r["last_returns"]
-        rows.append((name, r["steps"], r["seconds"], r["steps"] / r["seconds"],
-                     sum(rets) / len(rets) if rets else float("nan")))
     print(f"{ENV}, budget {args.budget:,} env steps; {platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print(f"{'system':<8} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20}")
-    for name, steps, secs, rate, ret in rows:
-        print(f"{name:<8} {steps:>10,} {secs:>8.1f} {rate:>12,.0f} {ret:>20.1f}")
-    peers = [r for r in rows if r[0] != "stride"]
-    stride = next((r for r in rows if r[0] == "stride"), None)
-    if stride and peers:
-        fastest = max(peers, key=lambda r: r[3])
-        print(f"stride / fastest peer ({fastest[0]}): {stride[3] / fastest[3]:.1f}x env steps/s")
+    print(f"{'system':<8} {'seed':>5} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20}")
+    for seed in seeds:
+        for name in names:
+            proc = subprocess.run([sys.executable, __file__, "--run", name, "--budget", str(args.budget),
+                                   "--seed", str(seed), "--stride-config", args.stride_config],
+                                  capture_output=True, text=True, cwd=ROOT)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"{name} seed {seed}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            r = json.loads(line[len("RESULT "):])
+            rets = r["last_returns"]
+            row = (name, seed, r["steps"], r["seconds"], r["steps"] / r["seconds"],
+                   sum(rets) / len(rets) if rets else float("nan"))
+            rows.append(row)
+            print(f"{name:<8} {seed:>5} {row[2]:>10,} {row[3]:>8.1f} {row[4]:>12,.0f} {row[5]:>20.1f}", flush=True)
+    print(f"\nover {len(seeds)} seed(s): mean +- standard deviation")
+    print(f"{'system':<8} {'runs':>5} {'env steps/s':>18} {'return (last 20 ep)':>24}")
+    summary = {}
+    for name in names:
+        sel = [r for r in rows if r[0] == name]
+        if not sel:
+            continue
+        rate, ret = (_mean_std([r[k] for r in sel]) for k in (4, 5))
+        summary[name] = rate[0]
+        print(f"{name:<8} {len(sel):>5} {rate[0]:>10,.0f} +- {rate[1]:>4,.0f} {ret[0]:>14.1f} +- {ret[1]:>6.1f}")
+    peers = {k: v for k, v in summary.items() if k != "stride"}
+    if "stride" in summary and peers:
+        fastest = max(peers, key=peers.__getitem__)
+        print(f"stride / fastest peer ({fastest}): {summary['stride'] / peers[fastest]:.1f}x mean env steps/s")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    mean = sum(xs) / len(xs)
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    return mean, var ** 0.5
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ class EvalResult:
     std_return: float
     mean_length: float
     mean_forward_distance: float | None  # biped only: torso x travelled (m)
+    ended_by: dict[str, int]  # how the episodes ended: info["ended_by"] where the env says, else
+    # "terminated" / "time_limit"; the biped's reasons are fell, lateral, tilt, physics_diverged
     episodes: int
     checkpoint: str
     env_steps: int
@@ -52,15 +54,18 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         return (policy.mean(o) if deterministic else policy.act(o, rng)[0])[0]
 
     returns, lengths, distances = [], [], []
+    ended_by: dict[str, int] = {}
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         x0 = _torso_x(env)
         total, steps, done = 0.0, 0, False
         while not done:
-            obs, r, terminated, truncated, _ = env.step(act(obs))
+            obs, r, terminated, truncated, info = env.step(act(obs))
             total += float(r)
             steps += 1
             done = terminated or truncated
+        reason = str(info.get("ended_by") or ("terminated" if terminated else "time_limit"))
+        ended_by[reason] = ended_by.get(reason, 0) + 1
         returns.append(total)
         lengths.append(steps)
         if x0 is not None:
@@ -70,7 +75,7 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         write_video(cfg["id"], cfg["kwargs"], act, video, seed=seed)
     return EvalResult(
         float(np.mean(returns)), float(np.std(returns)), float(np.mean(lengths)),
-        float(np.mean(distances)) if distances else None, episodes, path.name,
+        float(np.mean(distances)) if distances else None, dict(sorted(ended_by.items())), episodes, path.name,
         int(state["counters"]["env_steps"]),
     )
 

@@ -35,6 +35,7 @@ class TimeToWalk:
     eval_return_std: float
     eval_length: float
     eval_forward_distance_m: float | None
+    eval_ended_by: dict[str, int]
     video: str | None
 
 
@@ -75,6 +76,7 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
     video_path = run_dir / "walk.mp4" if video else None
     ev = evaluate(run_dir, episodes, video=video_path)
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
-                        ev.mean_length, ev.mean_forward_distance, str(video_path) if video_path else None)
+                        ev.mean_length, ev.mean_forward_distance, ev.ended_by,
+                        str(video_path) if video_path else None)
     (run_dir / "time_to_walk.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result

@@ -34,6 +34,7 @@ def test_pendulum_learns_through_the_real_ray_path(tmp_path: Path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr
     mean = float(evaluated.stdout.split("mean return ")[1].split()[0])
     assert mean > -500, evaluated.stdout
+    assert "episodes ended by: time_limit 10" in evaluated.stdout  # Pendulum only truncates
     assert mean > RANDOM_PENDULUM_RETURN + 500
 
 
@@ -52,3 +53,6 @@ def test_biped_run_writes_checkpoint_curve_and_video(tmp_path: Path) -> None:
     evaluated = run("eval", str(run_dir), "--episodes", "2", "--video", str(tmp_path / "eval.gif"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "forward distance" in evaluated.stdout and (tmp_path / "eval.gif").stat().st_size > 0
+    ends = evaluated.stdout.split("episodes ended by: ")[1].splitlines()[0].split(", ")
+    reasons = {"fell", "lateral", "tilt", "physics_diverged", "time_limit"}
+    assert all(e.split()[0] in reasons for e in ends) and sum(int(e.split()[1]) for e in ends) == 2, ends
