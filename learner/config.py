@@ -62,10 +62,11 @@ class PPOConfig:
     """Decay the learning rate linearly to 0 over total_steps."""
     clip_coef: float = 0.2
     """Surrogate clip range epsilon (clip loss)."""
-    clip_vloss: bool = True
-    """Clip the value loss around the old values with the same epsilon. It matters per task:
-    Pendulum (configs/pendulum.yaml, lr 3e-3) ended at -198 with it and -556 without;
-    configs/walker2d.yaml turns it off, as SB3's defaults do."""
+    clip_vloss: bool = False
+    """Clip the value loss around the old values with the same epsilon. It matters per task: the
+    biped's best runs had it off (docs/benchmarks.md), as do SB3's defaults and
+    configs/walker2d.yaml; Pendulum (configs/pendulum.yaml, lr 3e-3) ended at -198 with it and
+    -556 without, so that config turns it on."""
     vf_coef: float = 0.5
     """Value loss weight."""
     ent_coef: float = 0.005
@@ -81,8 +82,11 @@ class PPOConfig:
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
     """Penalty loss: initial KL coefficient beta."""
-    target_kl: float = 0.0
-    """Stop an update's epochs early when approx KL exceeds this (0: never)."""
+    target_kl: float = 0.02
+    """Stop an update's epochs early when an epoch's mean approx KL exceeds this (0: never). With
+    10 x 32 minibatches at lr 3e-4 the biped's updates otherwise reach KL 0.08 and clip half the
+    samples; stopping at 0.02 (usually after the first epoch) learned more per second on the CPU
+    (docs/benchmarks.md). configs/walker2d.yaml sets 0, as the peers it is compared with run."""
 
 
 @dataclass
