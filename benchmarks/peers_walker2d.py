@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,7 @@ def run_stride(budget: int, seed: int, config: str) -> dict:
 
     run_dir = Path(tempfile.mkdtemp(prefix="stride-peers-"))
     cfg = C.load(Path(config), {"train.total_steps": budget, "train.video": False,
-                                                       "train.checkpoint_every": 10**9,
-                                                       "train.seed": seed})
+                                "train.checkpoint_every": 10**9, "train.seed": seed})
     C.validate(cfg)
     Trainer(cfg, run_dir, progress_stream=open(os.devnull, "w")).run()
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -149,7 +149,7 @@ def main() -> None:
         sel = [r for r in rows if r[0] == name]
         if not sel:
             continue
-        rate, ret = (_mean_std([r[k] for r in sel]) for k in (4, 5))
+        rate, ret = (_mean_std([r[k] for r in sel]) for k in (4, 5))  # (mean, sample std)
         summary[name] = rate[0]
         print(f"{name:<8} {len(sel):>5} {rate[0]:>10,.0f} +- {rate[1]:>4,.0f} {ret[0]:>14.1f} +- {ret[1]:>6.1f}")
     peers = {k: v for k, v in summary.items() if k != "stride"}
@@ -159,9 +159,7 @@ def main() -> None:
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
-    mean = sum(xs) / len(xs)
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
-    return mean, var ** 0.5
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ def ppo_update(
     FloatingPointError (and leaves the weights as they were at the last good step) if a loss
     is not finite.
 
-    Diagnostics are summed on the device and read once at the end (one host sync per update,
-    not seven per minibatch); each epoch's shuffle is one gather, its minibatches are slices.
+    Diagnostics are summed on the device and read once at the end (not seven host syncs per
+    minibatch; with target_kl > 0, one more per epoch for the KL check); each epoch's shuffle is
+    one gather, its minibatches are slices.
     """
     n = len(batch)
     size = n // cfg.minibatches

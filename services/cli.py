@@ -317,7 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"(training return {r.train_return:.1f}); eval return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
               f"length {r.eval_length:.0f}"
               + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
-              + "; ended by " + ", ".join(f"{k} {n}" for k, n in r.eval_ended_by.items())
+              + "; ended by " + _counts(r.eval_ended_by)
               + (f"; video {r.video}" if r.video else ""))
         return 0 if r.reached else 1
     if args.bench == "soak":
@@ -369,6 +369,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """{'fell': 3, 'tilt': 7} -> 'fell 3, tilt 7'."""
+    return ", ".join(f"{k} {n}" for k, n in counts.items())
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from learner.evaluate import evaluate
 
@@ -377,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r.checkpoint} ({r.env_steps:,} env steps): mean return {r.mean_return:.2f} +- {r.std_return:.2f} "
           f"over {r.episodes} episodes, mean length {r.mean_length:.1f}"
           + (f", mean forward distance {r.mean_forward_distance:.2f} m" if r.mean_forward_distance is not None else ""))
-    print("episodes ended by: " + ", ".join(f"{k} {n}" for k, n in r.ended_by.items()))
+    print("episodes ended by: " + _counts(r.ended_by))
     if args.video:
         print(f"video: {args.video}")
     return 0
