@@ -49,7 +49,8 @@ def build(shape: dict, variant: str, device: str) -> tuple[ActorCritic, torch.op
     actions = torch.randn(n, 6, device=device)
     with torch.no_grad():
         logp, _, values = model.evaluate(obs, actions)
-    batch = Batch(obs, actions, logp, torch.randn(n, device=device), values + torch.randn(n, device=device), values)
+    batch = Batch(obs, actions, logp, torch.randn(n, device=device), values + torch.randn(n, device=device), values,
+                  torch.ones(n, device=device))
     return model, opt, batch, PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"])
 
 

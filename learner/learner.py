@@ -103,6 +103,8 @@ class Learner:
         self.flat_params = flatten_parameters(self.model)
         self.optimizer = torch.optim.Adam([self.flat_params], lr=cfg.ppo.lr, eps=1e-5, fused=True)
         self.normalizer = RunningMeanStd(obs_dim)
+        self.return_stats = RunningMeanStd(1)  # of discounted returns, for ppo.reward_norm
+        self.return_acc: dict[int, np.ndarray] = {}  # worker id -> running discounted return [B]
         self.beta = cfg.ppo.kl_beta
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.version = 0
@@ -119,6 +121,30 @@ class Learner:
         if not p.anneal_lr:
             return p.lr
         return p.lr * max(0.0, 1.0 - env_steps / self.cfg.train.total_steps)
+
+    def reward_multiplier(self, fragments: list[Trajectory]) -> float:
+        """What rewards are multiplied by before GAE: reward_scale, and with reward_norm also
+        1 / std of the discounted returns seen so far, this batch's included.
+
+        Each worker's envs carry their discounted return from fragment to fragment (a worker's
+        fragments arrive in the order it sampled them), reset where an episode ended.
+        """
+        p = self.cfg.ppo
+        if not p.reward_norm:
+            return p.reward_scale
+        seen = []
+        for f in fragments:
+            acc = self.return_acc.get(f.worker_id)
+            if acc is None or acc.shape[0] != f.rewards.shape[1]:
+                acc = np.zeros(f.rewards.shape[1])
+            done = f.terminated | f.truncated
+            for t in range(f.rewards.shape[0]):
+                acc = acc * p.gamma + f.rewards[t]
+                seen.append(acc)
+                acc = np.where(done[t], 0.0, acc)
+            self.return_acc[f.worker_id] = acc
+        self.return_stats.update(np.concatenate(seen)[:, None])
+        return p.reward_scale / float(np.sqrt(self.return_stats.var[0] + 1e-8))
 
     def update(self, fragments: list[Trajectory], env_steps: int) -> dict[str, float]:
         """One PPO update on `fragments`; bumps the policy version. Returns diagnostics.
@@ -139,10 +165,11 @@ class Learner:
         T, B = data["rewards"].shape
         obs = tensors["obs"]
         trunc = tensors["truncated"]
+        reward_multiplier = self.reward_multiplier(fragments)
         with torch.no_grad():
             values, next_values = values_and_bootstrap(self.model, obs, tensors["final_obs"], trunc)
             adv, returns = compute_gae(
-                tensors["rewards"] * self.cfg.ppo.reward_scale, values, next_values, tensors["terminated"], trunc,
+                tensors["rewards"] * reward_multiplier, values, next_values, tensors["terminated"], trunc,
                 self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda,
             )
         if dev.type == "cuda":
@@ -151,13 +178,16 @@ class Learner:
         lr = self.learning_rate(env_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        flat_obs, flat_actions = obs[:-1].reshape(T * B, -1), tensors["actions"].reshape(T * B, -1)
+        prox_logp, weights = self._proximal(fragments, flat_obs, flat_actions, tensors["logp"])
         batch = Batch(
-            obs=obs[:-1].reshape(T * B, -1),
-            actions=tensors["actions"].reshape(T * B, -1),
-            logp=tensors["logp"].reshape(-1),
+            obs=flat_obs,
+            actions=flat_actions,
+            logp=prox_logp,
             advantages=adv.reshape(-1),
             returns=returns.reshape(-1),
             values=values.reshape(-1),
+            weights=weights,
         )
         # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
@@ -180,10 +210,39 @@ class Learner:
         t2 = time.perf_counter()
         stats.update(
             explained_variance=ev, lr=lr, kl_beta=beta_used, batch_size=float(T * B),
+            reward_multiplier=reward_multiplier,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
         )
         return stats
+
+    def _proximal(self, fragments: list[Trajectory], obs: torch.Tensor, actions: torch.Tensor,
+                  behaviour_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs the update clips against [N] and the importance weights pi_prox / pi_behaviour [N].
+
+        On-policy fragments (made by the current version): the behaviour log-probs, weight 1, i.e.
+        plain PPO. Older fragments (async mode): the current policy's log-probs, and the weight
+        that keeps the gradient unbiased (decoupled PPO, see `ppo_loss`). Clipping against the
+        stale behaviour policy instead had clipped 40-60% of the biped's samples before the first
+        gradient step, so the unclipped entropy bonus drove the policy's entropy up.
+        obs [N, obs_dim] and actions [N, act_dim] flattened time-major from [T, B], behaviour_logp [T, B].
+        """
+        if not self.cfg.ppo.decoupled:
+            return behaviour_logp.reshape(-1), torch.ones_like(behaviour_logp.reshape(-1))
+        logp = behaviour_logp.clone()
+        stale = torch.zeros_like(behaviour_logp, dtype=torch.bool)
+        col = 0
+        for f in fragments:
+            width = f.logp.shape[1]
+            if f.policy_version != self.version:
+                stale[:, col : col + width] = True
+            col += width
+        logp, stale = logp.reshape(-1), stale.reshape(-1)
+        if not bool(stale.any()):
+            return logp, torch.ones_like(logp)
+        with torch.no_grad():
+            logp[stale] = self.model.evaluate(obs[stale], actions[stale])[0]
+        return logp, (logp - behaviour_logp.reshape(-1)).exp()
 
     def gpu_memory_bytes(self) -> int | None:
         return int(torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else None
@@ -193,6 +252,7 @@ class Learner:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "normalizer": self.normalizer.state_dict(),
+            "return_stats": self.return_stats.state_dict(),
             "beta": self.beta,
             "version": self.version,
             "generator": self.generator.get_state(),
@@ -203,6 +263,8 @@ class Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(_flatten_optimizer_state(state["optimizer"]))
         self.normalizer.load_state_dict(state["normalizer"])
+        if "return_stats" in state:  # checkpoints from before reward_norm have none
+            self.return_stats.load_state_dict(state["return_stats"])
         self.beta = float(state["beta"])
         self.version = int(state["version"])
         self.generator.set_state(state["generator"])

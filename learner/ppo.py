@@ -17,10 +17,11 @@ class Batch:
 
     obs: torch.Tensor  # [N, obs_dim] raw observations
     actions: torch.Tensor  # [N, act_dim]
-    logp: torch.Tensor  # [N] behaviour log-probs
+    logp: torch.Tensor  # [N] log-probs under the proximal policy: what the ratio is clipped against
     advantages: torch.Tensor  # [N]
     returns: torch.Tensor  # [N] value targets
     values: torch.Tensor  # [N] values before the update (for the clipped value loss)
+    weights: torch.Tensor  # [N] pi_prox / pi_behaviour: 1 where the behaviour policy is the proximal one
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
@@ -34,7 +35,7 @@ class Batch:
         return Batch(*(getattr(self, f)[start:stop] for f in _FIELDS))
 
 
-_FIELDS = ("obs", "actions", "logp", "advantages", "returns", "values")
+_FIELDS = ("obs", "actions", "logp", "advantages", "returns", "values", "weights")
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,19 @@ def ppo_loss(
     entropy: torch.Tensor,
     cfg: PPOConfig,
     beta: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> LossOut:
-    """PPO loss for one minibatch; every argument is [M].
+    """PPO loss for one minibatch; every tensor argument is [M].
 
-    clip:    L_pi = E[max(-A r, -A clip(r, 1 - eps, 1 + eps))]
-    penalty: L_pi = E[-A r] + beta * KL(old || new)  (KL by the approx_kl estimator)
+    clip:    L_pi = E[w max(-A r, -A clip(r, 1 - eps, 1 + eps))]
+    penalty: L_pi = E[-w A r] + beta * KL(old || new)  (KL by the approx_kl estimator)
     Value:   0.5 * E[(V - R)^2], or with clip_vloss the max of that and the clipped version.
     Total:   L_pi + vf_coef * L_v - ent_coef * E[entropy].
-    Advantages are used as given (normalise them before calling when cfg.norm_adv).
+    r = pi_new / pi_old with `old_logp` the proximal policy's log-prob. `weights` w = pi_old /
+    pi_behaviour (default 1) is for samples an older policy collected: decoupled PPO (Hilton et
+    al. 2021, "Batch size-invariance for policy optimization"), whose gradient equals PPO's
+    against the behaviour policy while the clip and the KL stay centred on the policy being
+    updated. Advantages are used as given (normalise them before calling when cfg.norm_adv).
     """
     log_ratio = new_logp - old_logp
     ratio = log_ratio.exp()
@@ -73,9 +79,12 @@ def ppo_loss(
     if cfg.loss == "clip":
         unclipped = -advantages * ratio
         clipped = -advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
-        policy_loss = torch.max(unclipped, clipped).mean()
+        per_sample = torch.max(unclipped, clipped)
     else:
-        policy_loss = (-advantages * ratio).mean() + beta * approx_kl
+        per_sample = -advantages * ratio
+    policy_loss = (per_sample if weights is None else per_sample * weights).mean()
+    if cfg.loss == "penalty":
+        policy_loss = policy_loss + beta * approx_kl
     if cfg.clip_vloss:
         v_clipped = old_values + torch.clamp(new_values - old_values, -cfg.clip_coef, cfg.clip_coef)
         value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
@@ -135,7 +144,7 @@ def ppo_update(
             if cfg.norm_adv and len(adv) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
-            out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta)
+            out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta, mb.weights)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite PPO loss {out.loss.item()} (policy {out.policy_loss.item()}, "
                                          f"value {out.value_loss.item()})")

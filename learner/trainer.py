@@ -5,7 +5,8 @@ sync:  publish version v -> every actor samples T steps with v -> one PPO update
 async: every actor always has a sample in flight; each fragment that comes back is checked for
        staleness (dropped and counted when more than max_policy_lag versions old), the actor is
        immediately given the newest weights, and the learner updates whenever enough fresh
-       fragments are buffered. The PPO ratio is taken against the behaviour log-prob.
+       fragments are buffered. The PPO ratio is the behaviour log-prob's, clipped around the
+       learner's current policy for fragments from older versions (decoupled PPO, learner.py).
 
 Faults (see actor_pool.py and docs/reliability.md): a fragment whose actor died is counted as
 lost and the round goes on without it; the actor, restarted by Ray, is used again once a probe

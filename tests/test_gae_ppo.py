@@ -118,6 +118,76 @@ def test_clipping_engages_on_the_right_side(adv: float, ratio: float, expected: 
     assert (new_logp.grad.item() == 0.0) == clipped
 
 
+def test_decoupled_weights_scale_the_surrogate_and_give_the_behaviour_gradient() -> None:
+    """With weights w = pi_prox / pi_behaviour, each sample's policy term is w times PPO's term
+    against the proximal policy, clipped on the proximal ratio; where it is not clipped its
+    gradient equals the plain surrogate's against the behaviour policy, A * pi / pi_behaviour."""
+    cfg = PPOConfig(clip_coef=0.2)
+    behaviour = torch.tensor([-1.0, -2.0, -0.5, -1.5], dtype=torch.float64)
+    prox = torch.tensor([-0.8, -2.3, -0.5, -1.0], dtype=torch.float64)
+    new = torch.tensor([-0.7, -2.4, -0.2, -1.1], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([1.0, -2.0, 1.0, 0.5], dtype=torch.float64)
+    w = (prox - behaviour).exp()
+    z = torch.zeros(4, dtype=torch.float64)
+    out = ppo_loss(new, prox, adv, z, z, z, z, cfg, 0.0, w)
+    # By hand: proximal ratios e^0.1, e^-0.1, e^0.3 (clipped at 1.2 for A > 0), e^-0.1.
+    r = np.exp([0.1, -0.1, 0.3, -0.1])
+    terms = [max(-a * ri, -a * min(max(ri, 0.8), 1.2)) for a, ri in zip([1.0, -2.0, 1.0, 0.5], r, strict=True)]
+    assert out.policy_loss.item() == pytest.approx(float(np.mean(np.array(terms) * w.numpy())))
+    assert out.approx_kl.item() == pytest.approx(float(np.mean((r - 1) - np.log(r))))  # against prox
+    assert out.clipfrac.item() == pytest.approx(0.25)
+    out.policy_loss.backward()
+    unclipped = torch.tensor([True, True, False, True])
+    expected = -adv * (new.detach() - behaviour).exp() / 4
+    torch.testing.assert_close(new.grad[unclipped], expected[unclipped])
+    assert new.grad[2].item() == 0.0
+    # All weights one is plain PPO, to the bit.
+    plain = ppo_loss(new.detach(), prox, adv, z, z, z, z, cfg)
+    ones = ppo_loss(new.detach(), prox, adv, z, z, z, z, cfg, 0.0, torch.ones(4, dtype=torch.float64))
+    assert plain.policy_loss.item() == ones.policy_loss.item()
+
+
+def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
+    """An on-policy fragment keeps its behaviour log-probs (weight exactly 1); a fragment from an
+    older version gets the current policy's log-probs and weights pi_current / pi_behaviour."""
+    from actors.trajectory import Trajectory
+    from learner import config as C
+    from learner.learner import Learner
+
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2})
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    t, b = 4, 2
+    rng = np.random.default_rng(0)
+
+    def frag(version: int) -> Trajectory:
+        return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
+                          rng.normal(size=(t, b, 1)).astype(np.float32), rng.normal(-1, 0.1, (t, b)).astype(np.float32),
+                          rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
+                          np.zeros((t, b, 3), np.float32), version, 0)
+
+    learner.update([frag(0)], env_steps=0)  # now at version 1, with a trained-on normaliser
+    current, stale = frag(1), frag(0)
+    frags = [current, stale]
+    obs = torch.as_tensor(np.concatenate([f.obs[:-1] for f in frags], axis=1)).reshape(t * 2 * b, 3)
+    actions = torch.as_tensor(np.concatenate([f.actions for f in frags], axis=1)).reshape(t * 2 * b, 1)
+    behaviour = torch.as_tensor(np.concatenate([f.logp for f in frags], axis=1))
+    logp, weights = learner._proximal(frags, obs, actions, behaviour)
+    logp, weights, behaviour = logp.reshape(t, 2 * b), weights.reshape(t, 2 * b), behaviour
+    assert torch.equal(logp[:, :b], behaviour[:, :b]) and torch.equal(weights[:, :b], torch.ones(t, b))
+    with torch.no_grad():
+        dist = learner.model.distribution(obs)
+        mine = dist.log_prob(actions).sum(-1).reshape(t, 2 * b)
+    torch.testing.assert_close(logp[:, b:], mine[:, b:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights[:, b:], (mine[:, b:] - behaviour[:, b:]).exp(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(weights[:, b:], torch.ones(t, b))
+    learner.cfg.ppo.decoupled = False  # the plain variant clips everything against the behaviour policy
+    plain_logp, plain_weights = learner._proximal(frags, obs, actions, behaviour)
+    assert torch.equal(plain_logp, behaviour.reshape(-1)) and torch.equal(plain_weights, torch.ones(t * 2 * b))
+    learner.cfg.ppo.decoupled = True
+    stats = learner.update(frags, env_steps=16)  # and the update runs on the mixed batch
+    assert all(np.isfinite(v) for v in stats.values()) and learner.version == 2
+
+
 def test_value_loss_clipping_by_hand() -> None:
     cfg = PPOConfig(clip_coef=0.2, clip_vloss=True)
     # new value 1.0 moved 1.0 from old 0.0; clipped to 0.2. Return 2.0: (1-2)^2=1, (0.2-2)^2=3.24.
@@ -156,7 +226,7 @@ def rewarded_batch(model: ActorCritic, obs: torch.Tensor) -> Batch:
         logp = dist.log_prob(actions).sum(-1)
         values = model.value(obs)
     adv = actions[:, 0] - actions[:, 0].mean()
-    return Batch(obs, actions, logp, adv, adv + values, values)
+    return Batch(obs, actions, logp, adv, adv + values, values, torch.ones(len(obs)))
 
 
 def test_ppo_update_improves_the_surrogate_and_stays_finite() -> None:
@@ -297,3 +367,46 @@ def test_target_kl_stops_after_the_epoch_that_passes_it() -> None:
         ppo_update(model, opt, batch, PPOConfig(epochs=4, minibatches=4, target_kl=target_kl), 0.0,
                    torch.Generator().manual_seed(0))
         assert all(int(s["step"]) == steps for s in opt.state.values()), target_kl
+
+
+def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fragments() -> None:
+    """ppo.reward_norm: each env's discounted return runs on across its worker's fragments and
+    restarts after an episode ends; rewards are divided by the std of every such return seen so
+    far (checked against plain loops), and the statistics survive a checkpoint."""
+    from actors.trajectory import Trajectory
+    from learner import config as C
+    from learner.learner import Learner
+
+    gamma, t, b = 0.9, 3, 2
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.gamma": gamma,
+                        "ppo.reward_norm": True, "ppo.reward_scale": 2.0})
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    rng = np.random.default_rng(4)
+
+    def frag(worker: int, rewards: list[list[float]], ended: list[tuple[int, int]]) -> Trajectory:
+        term = np.zeros((t, b), bool)
+        for step, env in ended:
+            term[step, env] = True
+        return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
+                          rng.normal(size=(t, b, 1)).astype(np.float32), np.full((t, b), -1.0, np.float32),
+                          np.array(rewards, np.float32), term, np.zeros((t, b), bool),
+                          np.zeros((t, b, 3), np.float32), learner.version, worker)
+
+    batches = [[frag(0, [[1, 2], [3, 4], [5, 6]], [(1, 0)]), frag(1, [[-1, 0], [0, 1], [2, 2]], [])],
+               [frag(0, [[1, 1], [1, 1], [1, 1]], [(2, 1)])]]
+    seen: list[float] = []
+    running = {(w, e): 0.0 for w in (0, 1) for e in range(b)}
+    for batch in batches:
+        for f in batch:
+            for e in range(b):
+                for step in range(t):
+                    g = running[(f.worker_id, e)] * gamma + float(f.rewards[step, e])
+                    seen.append(g)
+                    running[(f.worker_id, e)] = 0.0 if f.terminated[step, e] else g
+        stats = learner.update(batch, env_steps=0)
+        assert stats["reward_multiplier"] == pytest.approx(2.0 / np.sqrt(np.var(seen) + 1e-8), rel=1e-9)
+    restored = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    restored.load_state_dict(learner.state_dict())
+    assert restored.return_stats.var[0] == learner.return_stats.var[0] and restored.return_stats.count == len(seen)
+    off = Learner(C.load(None, {"env.id": "Pendulum-v1", "ppo.reward_scale": 2.0}), obs_dim=3, act_dim=1, device="cpu")
+    assert off.reward_multiplier(batches[0]) == 2.0  # reward_norm off: the fixed scale only
