@@ -52,10 +52,12 @@ class PPOConfig:
     gae_lambda: float = 0.95
     """GAE lambda."""
     epochs: int = 10
-    """Passes over each batch (10 x 32 minibatches: the biped reached 73 at 4 M steps against 51
-    with 5 x 8, docs/benchmarks.md)."""
-    minibatches: int = 32
-    """Minibatches per epoch; envs_per_actor * fragment_length must be divisible by it."""
+    """Most passes over each batch (target_kl usually stops the biped's updates after one to three;
+    without it, 10 x 32 reached 73 at 4 M steps against 51 with 5 x 8, docs/benchmarks.md)."""
+    minibatches: int = 8
+    """Minibatches per epoch; envs_per_actor * fragment_length must be divisible by it. 8 (512 of
+    the biped's 4,096 samples each): with target_kl 0.02 the biped's training return at 10
+    minutes was 76 against 54 with 32 minibatches of 128 (docs/benchmarks.md)."""
     lr: float = 3e-4
     """Adam learning rate at the start."""
     anneal_lr: bool = True
@@ -78,6 +80,12 @@ class PPOConfig:
     reward_scale: float = 0.1
     """Rewards are multiplied by this before GAE (keeps value targets near unit scale, so the value
     loss does not dominate the shared gradient-norm clip)."""
+    reward_norm: bool = False
+    """Also divide rewards by the running standard deviation of each env's discounted return (the
+    scaling SB3's VecNormalize and Gymnasium's NormalizeReward apply; no mean is subtracted). The
+    learner keeps the statistics from the fragments' rewards, per worker and env, and checkpoints
+    them. Off: on Walker2d at 100k steps (where both peers use it) it changed nothing over eight
+    seeds, and the biped's fixed scale works (docs/benchmarks.md)."""
     kl_target: float = 0.01
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
@@ -87,6 +95,12 @@ class PPOConfig:
     10 x 32 minibatches at lr 3e-4 the biped's updates otherwise reach KL 0.08 and clip half the
     samples; stopping at 0.02 (usually after the first epoch) learned more per second on the CPU
     (docs/benchmarks.md). configs/walker2d.yaml sets 0, as the peers it is compared with run."""
+    decoupled: bool = True
+    """Fragments from an older policy version (async mode): clip the ratio, and measure the KL,
+    against the current policy, weighting each sample by pi_current / pi_behaviour (decoupled
+    PPO; the gradient is still the behaviour-policy ratio's). False clips against the behaviour
+    log-probs directly; on the biped that clipped 40-60% of samples before the first step and let
+    the entropy bonus drive entropy up (docs/benchmarks.md). No effect on on-policy fragments."""
 
 
 @dataclass
