@@ -118,8 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     so.add_argument("--out", type=Path, default=Path("bench/soak"), help="run folder (soak.csv is written there)")
     tw = bsub.add_parser("time-to-walk", help="train the biped until a return threshold; time, steps, video")
     tw.add_argument("--threshold", type=float, default=216.0,
-                    help="mean training return to reach (default 216, the reference's best published runs)")
+                    help="mean return to reach, training or evaluation (--stop-on; default 216, the "
+                         "reference's best published runs)")
     tw.add_argument("--window", type=int, default=5, help="iterations the training return is averaged over")
+    tw.add_argument("--stop-on", choices=["train", "eval"], default="train",
+                    help="what must reach the threshold: the training episodes' return (default) or the "
+                         "periodic evaluation of the deterministic policy (needs --eval-every)")
+    tw.add_argument("--eval-every", type=float, default=0.0, metavar="SECONDS",
+                    help="evaluate the policy on the first checkpoint this long after the last evaluation "
+                         "(eval_curve.jsonl; default 0: only at the end)")
+    tw.add_argument("--eval-episodes", type=int, default=10, help="seeded episodes per evaluation (default 10)")
     tw.add_argument("--max-seconds", type=float, default=3600.0, help="give up after this long (default 1 h)")
     tw.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
     tw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -309,10 +317,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
+        if args.stop_on == "eval" and args.eval_every <= 0:
+            raise ValueError("--stop-on eval needs --eval-every SECONDS > 0")
+        if args.eval_episodes < 1:
+            raise ValueError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
         cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
-        r = time_to_walk(cfg, args.out, args.threshold, args.window, video=not args.no_video)
-        state = "reached" if r.reached else "NOT reached"
+        r = time_to_walk(cfg, args.out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
+                         stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes)
+        state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"
+        for pt in r.eval_curve:
+            print(f"eval at {pt.wall_seconds:.0f} s, {pt.env_steps:,} env steps: return {pt.eval_return:.1f} "
+                  f"+- {pt.eval_return_std:.1f}, length {pt.eval_length:.0f} (training {pt.train_return:.1f})")
         print(f"threshold {r.threshold:.1f} {state} after {r.wall_seconds:.0f} s, {r.env_steps:,} env steps "
               f"(training return {r.train_return:.1f}); eval return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
               f"length {r.eval_length:.0f}"

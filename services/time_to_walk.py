@@ -1,9 +1,14 @@
 """`stride bench time-to-walk`: train the biped until its return reaches a threshold.
 
-The stop rule uses the training episodes (the mean return of the episodes that finished in the
-last `window` iterations), so it costs nothing while training; once it fires, the latest
-checkpoint is evaluated on seeded episodes with the deterministic policy, and a video written.
-Reports wall-clock time to the threshold, env steps, and the evaluation.
+Two stop rules (`stop_on`):
+- "train": the mean return of the training episodes that finished in the last `window`
+  iterations (stochastic policy, costs nothing while training);
+- "eval": the deterministic policy's mean return over `eval_episodes` seeded episodes, measured
+  on the first checkpoint written at least `eval_every` seconds after the previous evaluation.
+  The evaluations run in the driver, on the same cores, inside the measured wall time.
+With `eval_every` > 0 the evaluations are recorded (eval_curve.jsonl) whichever rule stops the
+run. At the end the latest checkpoint is evaluated again and a video written. Reports wall-clock
+time to the threshold, env steps, and the evaluation.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,19 @@ from learner.evaluate import evaluate
 from learner.trainer import Trainer
 
 log = logging.getLogger("stride")
+
+
+@dataclass
+class EvalPoint:
+    """One periodic evaluation of the deterministic policy during the run."""
+
+    wall_seconds: float  # since the call, as TimeToWalk.wall_seconds
+    env_steps: int
+    train_return: float  # the windowed training return at that moment, for comparison
+    eval_return: float
+    eval_return_std: float
+    eval_length: float
+    eval_forward_distance_m: float | None
 
 
 @dataclass
@@ -37,11 +55,19 @@ class TimeToWalk:
     eval_forward_distance_m: float | None
     eval_ended_by: dict[str, int]
     video: str | None
+    stop_on: str = "train"
+    eval_curve: list[EvalPoint] = field(default_factory=list)  # the periodic evaluations, in order
 
 
 class _StopAtReturn:
-    def __init__(self, trainer: Trainer, threshold: float, window: int) -> None:
-        self.trainer, self.threshold = trainer, threshold
+    """Tracks the windowed training return; stops the trainer when it reaches the threshold
+    (stop_on "train"), or when a periodic evaluation does (stop_on "eval")."""
+
+    def __init__(self, trainer: Trainer, run_dir: Path, threshold: float, window: int, stop_on: str,
+                 eval_every: float, eval_episodes: int) -> None:
+        self.trainer, self.run_dir, self.threshold, self.stop_on = trainer, run_dir, threshold, stop_on
+        self.eval_every, self.eval_episodes = eval_every, eval_episodes
+        self.curve: list[EvalPoint] = []
         self.recent: deque[tuple[float, int]] = deque(maxlen=window)  # (sum of returns, episodes)
         self.start = time.perf_counter()
         self.hit: tuple[float, int, float] | None = None
@@ -52,20 +78,50 @@ class _StopAtReturn:
         n = sum(k for _, k in self.recent)
         mean = sum(s for s, _ in self.recent) / n if n else float("nan")
         self.last = (time.perf_counter() - self.start, rec["env_steps"], mean)
-        if self.hit is None and len(self.recent) == self.recent.maxlen and n and mean >= self.threshold:
-            self.hit = self.last
-            log.info("return %.1f >= %.1f after %.0f s, %d env steps", mean, self.threshold, self.last[0],
-                     rec["env_steps"])
-            self.trainer.request_stop()
+        if (self.stop_on == "train" and self.hit is None and len(self.recent) == self.recent.maxlen and n
+                and mean >= self.threshold):
+            self._stop(self.last, "training return", mean)
 
     def on_checkpoint(self, path: Path, when: float) -> None:
-        pass
+        if self.eval_every <= 0 or self.hit is not None:
+            return
+        now = time.perf_counter() - self.start
+        if now - (self.curve[-1].wall_seconds if self.curve else 0.0) < self.eval_every:
+            return
+        ev = evaluate(self.run_dir, self.eval_episodes)  # the checkpoint just written is the latest
+        now = time.perf_counter() - self.start
+        point = EvalPoint(now, ev.env_steps, self.last[2], ev.mean_return, ev.std_return, ev.mean_length,
+                          ev.mean_forward_distance)
+        self.curve.append(point)
+        with (self.run_dir / "eval_curve.jsonl").open("a") as f:
+            f.write(json.dumps(asdict(point)) + "\n")
+        log.info("eval at %.0f s, %d env steps: return %.1f +- %.1f, length %.0f", now, ev.env_steps,
+                 ev.mean_return, ev.std_return, ev.mean_length)
+        if self.stop_on == "eval" and ev.mean_return >= self.threshold:
+            self._stop((now, ev.env_steps, self.last[2]), "eval return", ev.mean_return)
+
+    def _stop(self, hit: tuple[float, int, float], what: str, value: float) -> None:
+        self.hit = hit
+        log.info("%s %.1f >= %.1f after %.0f s, %d env steps", what, value, self.threshold, hit[0], hit[1])
+        self.trainer.request_stop()
+
+
+STOP_RULES = ("train", "eval")
 
 
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
-                 video: bool = True) -> TimeToWalk:
+                 video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
+                 eval_episodes: int = 10) -> TimeToWalk:
+    if stop_on not in STOP_RULES:
+        raise ValueError(f"stop_on must be one of {STOP_RULES}, got {stop_on!r}")
+    if stop_on == "eval" and eval_every <= 0:
+        raise ValueError("stop_on 'eval' needs eval_every > 0 (seconds between evaluations)")
+    if eval_episodes < 1:
+        raise ValueError(f"eval_episodes must be >= 1, got {eval_episodes}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
     trainer = Trainer(cfg, run_dir)
-    stop = _StopAtReturn(trainer, threshold, window)
+    stop = _StopAtReturn(trainer, run_dir, threshold, window, stop_on, eval_every, eval_episodes)
     trainer.observers.append(stop)
     try:
         trainer.run()
@@ -77,6 +133,6 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
     ev = evaluate(run_dir, episodes, video=video_path)
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
                         ev.mean_length, ev.mean_forward_distance, ev.ended_by,
-                        str(video_path) if video_path else None)
+                        str(video_path) if video_path else None, stop_on, stop.curve)
     (run_dir / "time_to_walk.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result

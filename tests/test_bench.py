@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from learner import config as C
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +53,40 @@ def test_time_to_walk_stops_at_the_threshold_and_reports(tmp_path: Path) -> None
     n = sum(r["episodes"] for r in tail)
     assert n and abs(sum(r["episode_return_mean"] * r["episodes"] for r in tail if r["episodes"]) / n
                      - result["train_return"]) < 1e-6  # the window's episode-weighted mean
-    assert result["eval_return"] > -1000 and "threshold -700.0 reached" in done.stdout
+    assert result["eval_return"] > -1000 and "threshold -700.0 reached (train return)" in done.stdout
+    assert result["eval_curve"] == []  # no --eval-every: evaluated only at the end
+    saved = C.load(out / "config.yaml")  # the resolved config, as `stride train` writes it
+    assert saved.env.id == "Pendulum-v1" and saved.rollout.actors == 2 and saved.train.max_seconds == 240
+
+
+def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> None:
+    """--stop-on eval: the deterministic policy is evaluated every few seconds (on the next
+    checkpoint) and the run stops at the first evaluation that reaches the threshold."""
+    out = tmp_path / "ttw"
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "time-to-walk", "--config",
+                           "configs/pendulum.yaml", "--threshold", "-700", "--stop-on", "eval", "--eval-every", "4",
+                           "--eval-episodes", "3", "--max-seconds", "240", "--set", "rollout.actors=2",
+                           "--set", "train.checkpoint_every=5", "--no-video", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    result = json.loads((out / "time_to_walk.json").read_text())
+    curve = [json.loads(x) for x in (out / "eval_curve.jsonl").read_text().splitlines()]
+    assert result["reached"] and result["stop_on"] == "eval" and result["eval_curve"] == curve
+    assert len(curve) >= 2  # an untrained policy scores about -1200: not at the first evaluation
+    assert all(p["eval_return"] < -700 for p in curve[:-1]) and curve[-1]["eval_return"] >= -700
+    assert all(b["wall_seconds"] - a["wall_seconds"] >= 4 for a, b in zip(curve, curve[1:], strict=False))
+    assert [p["env_steps"] for p in curve] == sorted({p["env_steps"] for p in curve})  # distinct checkpoints
+    assert result["wall_seconds"] == curve[-1]["wall_seconds"] and result["env_steps"] == curve[-1]["env_steps"]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["env_steps"] < 120_000  # stopped at the evaluation, not at total_steps
+    assert "threshold -700.0 reached (eval return)" in done.stdout and done.stdout.count("eval at ") == len(curve)
+
+
+def test_time_to_walk_stop_on_eval_needs_an_interval(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "time-to-walk", "--stop-on", "eval",
+                           "--out", str(tmp_path / "ttw")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--eval-every" in done.stderr
+    assert not (tmp_path / "ttw").exists()  # failed before anything started
 
 
 def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
