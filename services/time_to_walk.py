@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,7 @@ class _StopAtReturn:
                           ev.mean_forward_distance)
         self.curve.append(point)
         with (self.run_dir / "eval_curve.jsonl").open("a") as f:
-            f.write(json.dumps(asdict(point)) + "\n")
+            f.write(_json(asdict(point)) + "\n")
         log.info("eval at %.0f s, %d env steps: return %.1f +- %.1f, length %.0f", now, ev.env_steps,
                  ev.mean_return, ev.std_return, ev.mean_length)
         if self.stop_on == "eval" and ev.mean_return >= self.threshold:
@@ -107,6 +108,21 @@ class _StopAtReturn:
 
 
 STOP_RULES = ("train", "eval")
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON: a NaN (no training episode had ended yet) is written as null."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
@@ -134,5 +150,5 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
                         ev.mean_length, ev.mean_forward_distance, ev.ended_by,
                         str(video_path) if video_path else None, stop_on, stop.curve)
-    (run_dir / "time_to_walk.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    (run_dir / "time_to_walk.json").write_text(_json(asdict(result), indent=2) + "\n")
     return result

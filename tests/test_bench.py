@@ -97,3 +97,13 @@ def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((out / "scale.csv").open()))
     assert [int(r["actors"]) for r in rows] == [2] and float(rows[0]["env_steps_per_s"]) > 0
+
+
+def test_time_to_walk_writes_strict_json() -> None:
+    """A training return that is still NaN (no episode had ended) is written as null, so strict
+    JSON readers (jq, browsers) can read time_to_walk.json and eval_curve.jsonl."""
+    from services.time_to_walk import _json
+
+    text = _json({"train_return": float("nan"), "eval_curve": [{"train_return": float("nan"), "x": 1.5}]})
+    assert "NaN" not in text
+    assert json.loads(text) == {"train_return": None, "eval_curve": [{"train_return": None, "x": 1.5}]}
