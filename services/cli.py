@@ -317,12 +317,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
-        if args.stop_on == "eval" and args.eval_every <= 0:
-            raise ValueError("--stop-on eval needs --eval-every SECONDS > 0")
-        if args.eval_episodes < 1:
-            raise ValueError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
         cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
+        # time_to_walk checks --stop-on / --eval-every / --eval-episodes before anything starts.
         r = time_to_walk(cfg, args.out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
                          stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes)
         state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"

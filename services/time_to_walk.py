@@ -128,12 +128,13 @@ def _json(value: Any, indent: int | None = None) -> str:
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
                  video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
                  eval_episodes: int = 10) -> TimeToWalk:
+    # The messages name the CLI flags too: `stride bench time-to-walk` relies on these checks.
     if stop_on not in STOP_RULES:
-        raise ValueError(f"stop_on must be one of {STOP_RULES}, got {stop_on!r}")
+        raise ValueError(f"stop_on (--stop-on) must be one of {STOP_RULES}, got {stop_on!r}")
     if stop_on == "eval" and eval_every <= 0:
-        raise ValueError("stop_on 'eval' needs eval_every > 0 (seconds between evaluations)")
+        raise ValueError("stop_on 'eval' (--stop-on eval) needs eval_every > 0 (--eval-every SECONDS)")
     if eval_episodes < 1:
-        raise ValueError(f"eval_episodes must be >= 1, got {eval_episodes}")
+        raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
     run_dir.mkdir(parents=True, exist_ok=True)
     C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
     trainer = Trainer(cfg, run_dir)
