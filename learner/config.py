@@ -60,8 +60,13 @@ class PPOConfig:
     minutes was 76 against 54 with 32 minibatches of 128 (docs/benchmarks.md)."""
     lr: float = 3e-4
     """Adam learning rate at the start."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over total_steps."""
+    lr_schedule: str = "linear"
+    """'linear': decay the learning rate to 0 over total_steps; 'constant'; 'adaptive': start at
+    lr, then after each update divide it by 1.5 if the update's approx KL exceeded 2 x
+    lr_kl_target, multiply it by 1.5 if the KL stayed under half of it (kept within 1e-6..1e-2,
+    checkpointed). (Old configs' `anneal_lr: true/false` still load, as 'linear'/'constant'.)"""
+    lr_kl_target: float = 0.01
+    """lr_schedule 'adaptive': the approx KL per update the learning rate is steered towards."""
     clip_coef: float = 0.2
     """Surrogate clip range epsilon (clip loss)."""
     clip_vloss: bool = False
@@ -218,6 +223,9 @@ def _section(cfg: Config, name: str) -> Any:
 
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
     """Set `section.field` from a YAML or command-line value, with type conversion."""
+    if dotted == "ppo.anneal_lr":  # replaced by ppo.lr_schedule; run folders saved before still resume
+        cfg.ppo.lr_schedule = "linear" if _coerce(dotted, bool, value) else "constant"
+        return
     section_name, _, field_name = dotted.partition(".")
     section = _section(cfg, section_name)
     hints = typing.get_type_hints(type(section))
@@ -284,6 +292,9 @@ def validate(cfg: Config) -> None:
         f"(env.envs_per_actor {e.envs_per_actor} x rollout.fragment_length {r.fragment_length})",
     )
     _check(p.lr > 0, "ppo.lr", f"must be > 0, got {p.lr}")
+    _check(p.lr_schedule in ("linear", "constant", "adaptive"), "ppo.lr_schedule",
+           f"must be 'linear', 'constant' or 'adaptive', got {p.lr_schedule!r}")
+    _check(p.lr_kl_target > 0, "ppo.lr_kl_target", f"must be > 0, got {p.lr_kl_target}")
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
     for name in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm", "kl_target", "kl_beta", "target_kl"):
         _check(getattr(p, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(p, name)}")

@@ -17,7 +17,7 @@ from actors.trajectory import Trajectory, Weights
 from learner.config import Config, learner_threads
 from learner.gae import compute_gae
 from learner.normalizer import RunningMeanStd
-from learner.ppo import Batch, adapt_beta, explained_variance, ppo_update
+from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, explained_variance, ppo_update
 
 
 def stack_fragments(fragments: list[Trajectory]) -> dict[str, np.ndarray]:
@@ -106,6 +106,7 @@ class Learner:
         self.return_stats = RunningMeanStd(1)  # of discounted returns, for ppo.reward_norm
         self.return_acc: dict[int, np.ndarray] = {}  # worker id -> running discounted return [B]
         self.beta = cfg.ppo.kl_beta
+        self.adaptive_lr = min(max(cfg.ppo.lr, LR_BOUNDS[0]), LR_BOUNDS[1])  # lr_schedule 'adaptive'
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.version = 0
 
@@ -118,8 +119,10 @@ class Learner:
 
     def learning_rate(self, env_steps: int) -> float:
         p = self.cfg.ppo
-        if not p.anneal_lr:
+        if p.lr_schedule == "constant":
             return p.lr
+        if p.lr_schedule == "adaptive":
+            return self.adaptive_lr
         return p.lr * max(0.0, 1.0 - env_steps / self.cfg.train.total_steps)
 
     def reward_multiplier(self, fragments: list[Trajectory]) -> float:
@@ -200,6 +203,8 @@ class Learner:
         beta_used = self.beta
         if self.cfg.ppo.loss == "penalty":
             self.beta = adapt_beta(self.beta, stats["approx_kl"], self.cfg.ppo.kl_target)
+        if self.cfg.ppo.lr_schedule == "adaptive":
+            self.adaptive_lr = adapt_lr(self.adaptive_lr, stats["approx_kl"], self.cfg.ppo.lr_kl_target)
         with torch.no_grad():
             ev = explained_variance(values.reshape(-1), returns.reshape(-1))
         self.normalizer.update(raw_obs)
@@ -254,6 +259,7 @@ class Learner:
             "normalizer": self.normalizer.state_dict(),
             "return_stats": self.return_stats.state_dict(),
             "beta": self.beta,
+            "adaptive_lr": self.adaptive_lr,
             "version": self.version,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -266,6 +272,7 @@ class Learner:
         if "return_stats" in state:  # checkpoints from before reward_norm have none
             self.return_stats.load_state_dict(state["return_stats"])
         self.beta = float(state["beta"])
+        self.adaptive_lr = float(state.get("adaptive_lr", self.adaptive_lr))  # older checkpoints: none
         self.version = int(state["version"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

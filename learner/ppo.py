@@ -105,6 +105,22 @@ def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
     return beta
 
 
+LR_BOUNDS = (1e-6, 1e-2)
+"""Where lr_schedule 'adaptive' keeps the learning rate."""
+
+
+def adapt_lr(lr: float, kl: float, kl_target: float, bounds: tuple[float, float] = LR_BOUNDS) -> float:
+    """KL-steered learning rate: divide by 1.5 when the update's approx KL overshot 2x the
+    target, multiply by 1.5 when it stayed under half of it, otherwise keep; within `bounds`.
+    A band-and-factor rule like `adapt_beta`'s, applied to the step size instead of a penalty
+    (the schedule legged-locomotion PPO trainers commonly use)."""
+    if kl > 2.0 * kl_target:
+        lr /= 1.5
+    elif kl < kl_target / 2.0:
+        lr *= 1.5
+    return min(max(lr, bounds[0]), bounds[1])
+
+
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     """1 - Var[target - pred] / Var[target] (nan when the target is constant)."""
     var = target.var()

@@ -29,18 +29,31 @@ def test_defaults_validate_and_every_field_has_a_docstring() -> None:
 def test_yaml_and_overrides(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("env:\n  id: Pendulum-v1\n  envs_per_actor: 4\nppo:\n  lr: 1.0e-3\nmodel:\n  hidden: [32, 32]\n")
-    cfg = C.load(p, {"ppo.lr": "2e-4", "train.mode": "async", "ppo.anneal_lr": "false", "train.total_steps": "1e5"})
+    cfg = C.load(p, {"ppo.lr": "2e-4", "train.mode": "async", "ppo.lr_schedule": "constant",
+                     "train.total_steps": "1e5"})
     assert cfg.env.id == "Pendulum-v1" and cfg.env.envs_per_actor == 4
-    assert cfg.ppo.lr == 2e-4 and cfg.train.mode == "async" and cfg.ppo.anneal_lr is False
+    assert cfg.ppo.lr == 2e-4 and cfg.train.mode == "async" and cfg.ppo.lr_schedule == "constant"
     assert cfg.model.hidden == (32, 32) and cfg.train.total_steps == 100_000
     C.save(cfg, tmp_path / "out.yaml")
     assert C.load(tmp_path / "out.yaml") == cfg  # round trip
+
+
+def test_run_folders_saved_with_anneal_lr_still_load(tmp_path: Path) -> None:
+    """`ppo.anneal_lr` (before ppo.lr_schedule) maps to 'linear' / 'constant', so older run
+    folders' config.yaml still resume."""
+    p = tmp_path / "config.yaml"
+    for value, schedule in (("false", "constant"), ("true", "linear")):
+        p.write_text(f"ppo:\n  anneal_lr: {value}\n")
+        assert C.load(p).ppo.lr_schedule == schedule
+    assert C.load(None, {"ppo.anneal_lr": "false"}).ppo.lr_schedule == "constant"
 
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
         ({"rollout.actors": -1}, "rollout.actors"),
+        ({"ppo.lr_schedule": "cosine"}, "ppo.lr_schedule"),
+        ({"ppo.lr_kl_target": 0}, "ppo.lr_kl_target"),
         ({"env.envs_per_actor": 0}, "env.envs_per_actor"),
         ({"env.id": "NoSuchEnv-v9"}, "env.id"),
         ({"env.id": "CartPole-v1"}, "env.id"),  # discrete actions

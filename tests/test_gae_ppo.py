@@ -11,7 +11,7 @@ from learner.config import PPOConfig
 from learner.gae import compute_gae
 from learner.learner import values_and_bootstrap
 from learner.normalizer import RunningMeanStd
-from learner.ppo import Batch, adapt_beta, explained_variance, ppo_loss, ppo_update
+from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, explained_variance, ppo_loss, ppo_update
 
 
 def reference_gae(r, v, nv, term, trunc, gamma, lam):
@@ -209,6 +209,55 @@ def test_penalty_loss_and_beta_adaptation() -> None:
     assert adapt_beta(1.0, kl=0.001, kl_target=0.01) == 0.5
     assert adapt_beta(1.0, kl=0.01, kl_target=0.01) == 1.0
     assert adapt_beta(1.0, kl=0.0149, kl_target=0.01) == 1.0
+
+
+def test_adaptive_learning_rate_rule() -> None:
+    """lr / 1.5 above 2x the KL target, x 1.5 below half of it, unchanged inside the band and on
+    its edges, and held within LR_BOUNDS."""
+    assert adapt_lr(3e-4, kl=0.03, kl_target=0.01) == pytest.approx(2e-4)
+    assert adapt_lr(3e-4, kl=0.004, kl_target=0.01) == pytest.approx(4.5e-4)
+    for kl in (0.005, 0.01, 0.02):
+        assert adapt_lr(3e-4, kl=kl, kl_target=0.01) == 3e-4
+    assert adapt_lr(LR_BOUNDS[1], kl=0.0, kl_target=0.01) == LR_BOUNDS[1]
+    assert adapt_lr(LR_BOUNDS[0] * 1.2, kl=1.0, kl_target=0.01) == LR_BOUNDS[0]
+
+
+def test_learner_steers_its_learning_rate_by_kl_and_checkpoints_it() -> None:
+    """lr_schedule 'adaptive': each update runs at the rate the previous updates' KL left (the
+    stats report the rate used), and a restored learner continues from it. 'linear' and
+    'constant' follow env steps only."""
+    from actors.trajectory import Trajectory
+    from learner import config as C
+    from learner.learner import Learner
+
+    t, b = 8, 4
+    rng = np.random.default_rng(5)
+
+    def frag(version: int) -> Trajectory:
+        return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
+                          rng.uniform(-1, 1, size=(t, b, 1)).astype(np.float32), np.full((t, b), -1.0, np.float32),
+                          rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
+                          np.zeros((t, b, 3), np.float32), version, 0)
+
+    # A KL target far above anything an update reaches: every update multiplies the rate by 1.5.
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.lr": 1e-4,
+                        "ppo.lr_schedule": "adaptive", "ppo.lr_kl_target": 10.0})
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    used = [learner.update([frag(learner.version)], env_steps=0)["lr"] for _ in range(3)]
+    assert used == pytest.approx([1e-4, 1.5e-4, 2.25e-4])
+    restored = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    restored.load_state_dict(learner.state_dict())
+    assert restored.update([frag(restored.version)], env_steps=0)["lr"] == pytest.approx(3.375e-4)
+    # A target far below every update's KL: the rate falls by 1.5 per update.
+    learner.cfg.ppo.lr_kl_target = 1e-12
+    assert [learner.update([frag(learner.version)], env_steps=0)["lr"] for _ in range(2)] == pytest.approx(
+        [3.375e-4, 2.25e-4])
+    for schedule, expected in (("linear", 1e-4 * 0.75), ("constant", 1e-4)):
+        cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.lr": 1e-4,
+                            "ppo.lr_schedule": schedule, "train.total_steps": 1000, "ppo.lr_kl_target": 1e-12})
+        fixed = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+        assert [fixed.update([frag(fixed.version)], env_steps=250)["lr"] for _ in range(2)] == pytest.approx(
+            [expected] * 2)
 
 
 def test_explained_variance() -> None:
