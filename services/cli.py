@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     tw.add_argument("--out", type=Path, default=Path("bench/time-to-walk"), help="run folder")
     tw.add_argument("--no-video", action="store_true", help="skip the video of the trained policy")
+    tw.add_argument("--resume", action="store_true",
+                    help="continue the experiment in --out from its last checkpoint (its config, its clock)")
     x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX or TorchScript file")
     x.add_argument("run_dir", type=Path)
     x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
@@ -317,11 +319,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
-        cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
+        if args.resume:
+            if args.config is not None:
+                raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
+                                    "(use --set to change a field)")
+            if not (args.out / "config.yaml").is_file():
+                raise C.ConfigError(f"--resume: {args.out} has no config.yaml (not a Stride run folder)")
+            cfg = C.load(args.out / "config.yaml", overrides)
+        else:
+            cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
         # time_to_walk checks --stop-on / --eval-every / --eval-episodes before anything starts.
         r = time_to_walk(cfg, args.out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
-                         stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes)
+                         stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                         resume=args.resume)
         state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"
         for pt in r.eval_curve:
             print(f"eval at {pt.wall_seconds:.0f} s, {pt.env_steps:,} env steps: return {pt.eval_return:.1f} "

@@ -9,6 +9,12 @@ Two stop rules (`stop_on`):
 With `eval_every` > 0 the evaluations are recorded (eval_curve.jsonl) whichever rule stops the
 run. At the end the latest checkpoint is evaluated again and a video written. Reports wall-clock
 time to the threshold, env steps, and the evaluation.
+
+An hour-long experiment that dies (machine restart, OOM, Ctrl-C) resumes from its last checkpoint
+(`resume=True`). The clock then goes on from the time that checkpoint's iteration ended, measured
+from the original start (kept in time_to_walk_clock.json): the work lost after the checkpoint is
+not counted, because the resumed run does it again, but the resumed run's own start-up is. The
+evaluations recorded up to the checkpoint are kept; later ones are dropped with the lost work.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -28,6 +35,8 @@ from learner.evaluate import evaluate
 from learner.trainer import Trainer
 
 log = logging.getLogger("stride")
+
+CLOCK_FILE = "time_to_walk_clock.json"  # {"started_at": Unix time of the original start}
 
 
 @dataclass
@@ -65,12 +74,13 @@ class _StopAtReturn:
     (stop_on "train"), or when a periodic evaluation does (stop_on "eval")."""
 
     def __init__(self, trainer: Trainer, run_dir: Path, threshold: float, window: int, stop_on: str,
-                 eval_every: float, eval_episodes: int) -> None:
+                 eval_every: float, eval_episodes: int, elapsed: float = 0.0,
+                 curve: list[EvalPoint] | None = None) -> None:
         self.trainer, self.run_dir, self.threshold, self.stop_on = trainer, run_dir, threshold, stop_on
         self.eval_every, self.eval_episodes = eval_every, eval_episodes
-        self.curve: list[EvalPoint] = []
+        self.curve: list[EvalPoint] = list(curve or [])
         self.recent: deque[tuple[float, int]] = deque(maxlen=window)  # (sum of returns, episodes)
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - elapsed  # a resumed run's clock goes on from the checkpoint
         self.hit: tuple[float, int, float] | None = None
         self.last = (0.0, 0, float("nan"))
 
@@ -125,9 +135,27 @@ def _json(value: Any, indent: int | None = None) -> str:
     return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
+def _resume_clock(run_dir: Path, env_steps: int) -> tuple[float, list[EvalPoint]]:
+    """Seconds from the original start to the end of the checkpoint's iteration (the trainer has
+    already cut metrics.jsonl back to it), and the evaluations made up to that checkpoint, with
+    eval_curve.jsonl rewritten (atomically) to hold just those."""
+    started_at = float(json.loads((run_dir / CLOCK_FILE).read_text())["started_at"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    last = json.loads(lines[-1]) if lines else None
+    elapsed = float(last["wall_time"]) - started_at if last else 0.0
+    curve_path = run_dir / "eval_curve.jsonl"
+    curve = [EvalPoint(**json.loads(x)) for x in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    kept = [p for p in curve if p.env_steps <= env_steps]
+    if curve_path.exists():
+        tmp = curve_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(_json(asdict(p)) + "\n" for p in kept))
+        os.replace(tmp, curve_path)
+    return elapsed, kept
+
+
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
                  video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
-                 eval_episodes: int = 10) -> TimeToWalk:
+                 eval_episodes: int = 10, resume: bool = False) -> TimeToWalk:
     # The messages name the CLI flags too: `stride bench time-to-walk` relies on these checks.
     if stop_on not in STOP_RULES:
         raise ValueError(f"stop_on (--stop-on) must be one of {STOP_RULES}, got {stop_on!r}")
@@ -135,10 +163,24 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
         raise ValueError("stop_on 'eval' (--stop-on eval) needs eval_every > 0 (--eval-every SECONDS)")
     if eval_episodes < 1:
         raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
-    trainer = Trainer(cfg, run_dir)
-    stop = _StopAtReturn(trainer, run_dir, threshold, window, stop_on, eval_every, eval_episodes)
+    elapsed, curve = 0.0, []
+    if resume:
+        if not (run_dir / CLOCK_FILE).is_file():
+            raise ValueError(f"--resume: {run_dir} has no {CLOCK_FILE} (not a time-to-walk run folder)")
+        trainer = Trainer(cfg, run_dir, resume=True)  # cuts metrics.jsonl back to the checkpoint
+        elapsed, curve = _resume_clock(run_dir, trainer.counters.env_steps)
+        C.save(cfg, run_dir / "config.yaml")  # with the whole budget: it may be resumed again
+        if cfg.train.max_seconds > 0:
+            # max_seconds is the experiment's budget, not this process's.
+            cfg.train.max_seconds = max(1.0, cfg.train.max_seconds - elapsed)
+        log.info("time-to-walk resumed at %.0f s, %d env steps, with %d evaluations", elapsed,
+                 trainer.counters.env_steps, len(curve))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CLOCK_FILE).write_text(json.dumps({"started_at": time.time()}) + "\n")
+        C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
+        trainer = Trainer(cfg, run_dir)
+    stop = _StopAtReturn(trainer, run_dir, threshold, window, stop_on, eval_every, eval_episodes, elapsed, curve)
     trainer.observers.append(stop)
     try:
         trainer.run()

@@ -89,6 +89,63 @@ def test_time_to_walk_stop_on_eval_needs_an_interval(tmp_path: Path) -> None:
     assert not (tmp_path / "ttw").exists()  # failed before anything started
 
 
+def test_time_to_walk_resumes_with_its_clock_and_evaluations(tmp_path: Path) -> None:
+    """An experiment that died between checkpoints resumes from the last one it wrote: the
+    iterations and evaluations after it are dropped (they are done again), the clock goes on from
+    the checkpoint's time since the original start, and the config stays the run's own."""
+    out = tmp_path / "ttw"
+    stride = str(Path(sys.executable).parent / "stride")
+    common = ["--threshold", "0", "--stop-on", "eval", "--eval-every", "0.5", "--eval-episodes", "2",
+              "--no-video", "--out", str(out)]
+    first = subprocess.run([stride, "bench", "time-to-walk", "--config", "configs/pendulum.yaml", *common,
+                            "--set", "rollout.actors=2", "--set", "train.total_steps=20480",
+                            "--set", "train.checkpoint_every=2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 1, first.stdout + first.stderr[-2000:]  # 0 is out of reach: not reached
+    clock = (out / "time_to_walk_clock.json").read_text()
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = [json.loads(x) for x in (out / "eval_curve.jsonl").read_text().splitlines()]
+    assert recs[-1]["iteration"] == 10 and len(curve) >= 2
+    # The "crash": the newest checkpoint never made it to disk, so the run resumes from iteration 8.
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    ckpts[-1].unlink()
+    resumed = subprocess.run([stride, "bench", "time-to-walk", "--resume", *common,
+                              "--set", "train.total_steps=32768"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr[-2000:]
+    assert (out / "time_to_walk_clock.json").read_text() == clock  # the original start
+    at_ckpt = next(r for r in recs if r["iteration"] == 8)
+    elapsed = at_ckpt["wall_time"] - json.loads(clock)["started_at"]
+    recs2 = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs2] == list(range(1, 17))  # 9 and 10 were done again, once
+    assert recs2[:8] == recs[:8]
+    curve2 = [json.loads(x) for x in (out / "eval_curve.jsonl").read_text().splitlines()]
+    kept = [p for p in curve if p["env_steps"] <= at_ckpt["env_steps"]]
+    assert curve2[:len(kept)] == kept and len(curve2) > len(kept)
+    assert all(p["wall_seconds"] > elapsed and p["env_steps"] > at_ckpt["env_steps"] for p in curve2[len(kept):])
+    result = json.loads((out / "time_to_walk.json").read_text())
+    assert result["eval_curve"] == curve2 and result["env_steps"] == 32768 and result["wall_seconds"] > elapsed
+    saved = C.load(out / "config.yaml")
+    assert saved.env.id == "Pendulum-v1" and saved.train.total_steps == 32768 and saved.train.max_seconds == 3600
+
+
+def test_time_to_walk_resume_needs_a_time_to_walk_folder(tmp_path: Path) -> None:
+    stride = str(Path(sys.executable).parent / "stride")
+    done = subprocess.run([stride, "bench", "time-to-walk", "--resume", "--out", str(tmp_path / "none")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no config.yaml" in done.stderr
+    done = subprocess.run([stride, "bench", "time-to-walk", "--resume", "--config", "configs/pendulum.yaml",
+                           "--out", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "drop --config" in done.stderr
+    train_run = tmp_path / "train-run"  # a `stride train` folder: no clock to go on from
+    train_run.mkdir()
+    C.save(C.load(ROOT / "configs/pendulum.yaml"), train_run / "config.yaml")
+    done = subprocess.run([stride, "bench", "time-to-walk", "--resume", "--out", str(train_run)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "time_to_walk_clock.json" in done.stderr
+    assert sorted(p.name for p in train_run.iterdir()) == ["config.yaml"]  # nothing started
+
+
 def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "scale", "--actors", "2",
