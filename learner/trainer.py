@@ -63,6 +63,21 @@ class TrainingDiverged(RuntimeError):
     """The loss stayed non-finite for max_bad_updates batches in a row."""
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    """Raise FileExistsError if `run_dir` already holds a run (checkpoints or metrics).
+
+    A fresh run there would append its metrics to the old run's, and checkpoint retention keeps
+    the highest iteration numbers, so the old run's checkpoints would outrank the new run's and
+    the new ones would be deleted as they are written."""
+    held = [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")[-1:]]
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        held.append(metrics.name)
+    if held:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
+                              "--resume, or train in another folder")
+
+
 class Observer(Protocol):
     """What the trainer tells the outside world (metrics exporters, tests)."""
 
@@ -153,6 +168,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
+        if not resume:
+            refuse_existing_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.train.device)
         obs_dim, act_dim = env_spaces(cfg)

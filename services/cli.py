@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     so.add_argument("--actors", type=int, default=0, help="rollout actors (default: one per CPU)")
     so.add_argument("--mode", choices=["sync", "async"], default="sync")
     so.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    so.add_argument("--out", type=Path, default=Path("bench/soak"), help="run folder (soak.csv is written there)")
+    so.add_argument("--out", type=Path,
+                    help="run folder, new (default bench/soak-<date-time>); soak.csv is written there")
     tw = bsub.add_parser("time-to-walk", help="train the biped until a return threshold; time, steps, video")
     tw.add_argument("--threshold", type=float, default=216.0,
                     help="mean return to reach, training or evaluation (--stop-on; default 216, the "
@@ -132,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
     tw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     tw.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    tw.add_argument("--out", type=Path, default=Path("bench/time-to-walk"), help="run folder")
+    tw.add_argument("--out", type=Path, help="run folder, new unless --resume (default bench/time-to-walk-<date-time>)")
     tw.add_argument("--no-video", action="store_true", help="skip the video of the trained policy")
     tw.add_argument("--resume", action="store_true",
                     help="continue the experiment in --out from its last checkpoint (its config, its clock)")
@@ -309,6 +310,12 @@ def cmd_actor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_folder(kind: str) -> Path:
+    """bench/<kind>-<date-time>: a run folder per invocation, so a second run never lands in the
+    first's (which the trainer refuses: docs/reliability.md)."""
+    return Path("bench") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from learner import config as C
     from services.bench import bench_scale
@@ -320,6 +327,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
         if args.resume:
+            if args.out is None:
+                raise C.ConfigError("--resume needs --out DIR, the experiment's folder")
             if args.config is not None:
                 raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
                                     "(use --set to change a field)")
@@ -329,8 +338,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
+        out = args.out or _new_folder("time-to-walk")
+        logging.getLogger("stride").info("run folder %s (if it dies: --out %s --resume)", out, out)
         # time_to_walk checks --stop-on / --eval-every / --eval-episodes before anything starts.
-        r = time_to_walk(cfg, args.out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
+        r = time_to_walk(cfg, out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
                          stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                          resume=args.resume)
         state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"
@@ -351,9 +362,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             "train.total_steps": args.steps, "train.address": args.address or "",
                             "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100})
         C.validate(cfg)
-        report = soak(cfg, args.out)
+        out = args.out or _new_folder("soak")
+        report = soak(cfg, out)
         print_report(report)
-        print(f"wrote {args.out / 'soak.csv'}")
+        print(f"wrote {out / 'soak.csv'}")
         return 0
     try:
         counts = [int(x) for x in args.actors.split(",") if x.strip()]

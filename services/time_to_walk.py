@@ -176,10 +176,9 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
         log.info("time-to-walk resumed at %.0f s, %d env steps, with %d evaluations", elapsed,
                  trainer.counters.env_steps, len(curve))
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, run_dir)  # first: it refuses a folder that already holds a run
         (run_dir / CLOCK_FILE).write_text(json.dumps({"started_at": time.time()}) + "\n")
         C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
-        trainer = Trainer(cfg, run_dir)
     stop = _StopAtReturn(trainer, run_dir, threshold, window, stop_on, eval_every, eval_episodes, elapsed, curve)
     trainer.observers.append(stop)
     try:

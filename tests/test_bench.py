@@ -131,6 +131,9 @@ def test_time_to_walk_resumes_with_its_clock_and_evaluations(tmp_path: Path) -> 
 
 def test_time_to_walk_resume_needs_a_time_to_walk_folder(tmp_path: Path) -> None:
     stride = str(Path(sys.executable).parent / "stride")
+    done = subprocess.run([stride, "bench", "time-to-walk", "--resume"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--resume needs --out DIR" in done.stderr
     done = subprocess.run([stride, "bench", "time-to-walk", "--resume", "--out", str(tmp_path / "none")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no config.yaml" in done.stderr

@@ -103,6 +103,43 @@ def test_cli_bad_config_fails_before_ray_starts(tmp_path: Path, capsys) -> None:
     assert code == 2 and "no config.yaml" in capsys.readouterr().err
 
 
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, capsys) -> None:
+    """Training afresh in a run folder would append to the old run's metrics, and retention keeps
+    the highest iteration numbers, so the new run's checkpoints would be deleted as it wrote them:
+    refused before anything starts, with nothing in the folder touched."""
+    from learner.trainer import Trainer
+
+    cfg = C.load(Path(__file__).parents[1] / "configs" / "pendulum.yaml", {"train.video": False})
+    run = tmp_path / "run"
+    old = Trainer(cfg, run)
+    old.counters.iteration = 500
+    old.save_checkpoint()
+    (run / "metrics.jsonl").write_text('{"iteration": 500}\n')
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"ckpt-000000500\.pt, metrics\.jsonl.*--resume"):
+        Trainer(cfg, run)
+    assert cli_main(["train", "--config", "configs/pendulum.yaml", "--run-dir", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli_main(["bench", "time-to-walk", "--config", "configs/pendulum.yaml", "--threshold", "0",
+                     "--no-video", "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"}
+    assert after == before  # no clock file, no config rewritten, no checkpoint added
+    assert Trainer(cfg, run, resume=True).counters.iteration == 500
+    metrics_only = tmp_path / "metrics-only"
+    metrics_only.mkdir()
+    (metrics_only / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    with pytest.raises(FileExistsError, match="metrics.jsonl"):
+        Trainer(cfg, metrics_only)
+    # A folder where a run died before its first record (empty metrics, a config) is not a run.
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "metrics.jsonl").write_text("")
+    C.save(cfg, started / "config.yaml")
+    Trainer(cfg, started)
+
+
 def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "stride"
     out = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, check=True).stdout
