@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set ppo.lr=1e-4 (repeatable)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    t.add_argument("--resume-if-exists", action="store_true",
+                   help="with --run-dir: continue that run if it has a checkpoint (as --resume, with the run's "
+                        "config and this command's flags), else start it; for commands a supervisor re-runs")
     t.add_argument("--no-video", action="store_true", help="skip the final video")
     t.add_argument("--metrics-port", type=int,
                    help="Prometheus /metrics port of the learner process (default 9470; 0 turns it off)")
@@ -177,10 +180,37 @@ def _setup_logging(run_dir: Path | None) -> None:
                         force=True)
 
 
+def _resume_if_exists(args: argparse.Namespace) -> None:
+    """--resume-if-exists: turn the command into `--resume RUN_DIR` when the run folder has a
+    checkpoint. Records of a run that died before its first checkpoint cannot be continued (a
+    resume would drop them too): they are moved aside, not deleted, and the run starts afresh."""
+    from learner import checkpoint
+    from learner import config as C
+
+    if args.resume is not None or args.run_dir is None:
+        raise C.ConfigError("--resume-if-exists needs --run-dir DIR (and no --resume)")
+    run_dir: Path = args.run_dir
+    if checkpoint.list_checkpoints(run_dir / "checkpoints"):
+        args.resume = run_dir
+        return
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        aside = metrics.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}-no-checkpoint.jsonl")
+        os.replace(metrics, aside)
+        print(f"{run_dir} has records but no checkpoint: starting afresh; the old records are in {aside.name}",
+              file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from learner import config as C
 
     overrides = _overrides(args)
+    if args.resume is not None and args.config is not None:
+        raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
+                            "(use --set to change a field)")
+    if args.resume_if_exists:
+        _resume_if_exists(args)
+    run_dir: Path | None = None
     if args.resume is not None:
         run_dir = args.resume
         if not (run_dir / "config.yaml").is_file():
@@ -190,10 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = C.load(args.config, overrides)
         if args.run_dir is not None:
             cfg.train.run_dir, cfg.train.run_id = str(args.run_dir.parent), args.run_dir.name
-        if not cfg.train.run_id:
-            cfg.train.run_id = time.strftime("%Y%m%d-%H%M%S")
+    C.validate(cfg)  # before Ray starts, and before any folder is made
+    if run_dir is None and cfg.train.run_id:
         run_dir = Path(cfg.train.run_dir) / cfg.train.run_id
-    C.validate(cfg)  # before Ray starts
+    elif run_dir is None:
+        run_dir = _claim_folder(Path(cfg.train.run_dir), "")
+        cfg.train.run_id = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 
@@ -310,10 +342,25 @@ def cmd_actor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claim_folder(parent: Path, prefix: str) -> Path:
+    """A new folder parent/<prefix><date-time>, made here, so that every invocation gets its own
+    even when several start in the same second (mkdir is atomic: the second gets a -2 suffix)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free run folder name for {parent / stamp}")
+
+
 def _new_folder(kind: str) -> Path:
-    """bench/<kind>-<date-time>: a run folder per invocation, so a second run never lands in the
+    """bench/<kind>-<date-time>: a folder per invocation, so a second run never lands in the
     first's (which the trainer refuses: docs/reliability.md)."""
-    return Path("bench") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _claim_folder(Path("bench"), f"{kind}-")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -322,7 +369,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.bench == "time-to-walk":
-        from services.time_to_walk import time_to_walk
+        from services.time_to_walk import check_options, time_to_walk
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
@@ -338,9 +385,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)
+        check_options(args.stop_on, args.eval_every, args.eval_episodes)  # before a folder is made
         out = args.out or _new_folder("time-to-walk")
         logging.getLogger("stride").info("run folder %s (if it dies: --out %s --resume)", out, out)
-        # time_to_walk checks --stop-on / --eval-every / --eval-episodes before anything starts.
         r = time_to_walk(cfg, out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
                          stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                          resume=args.resume)

@@ -153,16 +153,21 @@ def _resume_clock(run_dir: Path, env_steps: int) -> tuple[float, list[EvalPoint]
     return elapsed, kept
 
 
-def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
-                 video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
-                 eval_episodes: int = 10, resume: bool = False) -> TimeToWalk:
-    # The messages name the CLI flags too: `stride bench time-to-walk` relies on these checks.
+def check_options(stop_on: str, eval_every: float, eval_episodes: int) -> None:
+    """ValueError for options that cannot work together. The messages name the CLI flags too:
+    `stride bench time-to-walk` calls this before it makes a folder."""
     if stop_on not in STOP_RULES:
         raise ValueError(f"stop_on (--stop-on) must be one of {STOP_RULES}, got {stop_on!r}")
     if stop_on == "eval" and eval_every <= 0:
         raise ValueError("stop_on 'eval' (--stop-on eval) needs eval_every > 0 (--eval-every SECONDS)")
     if eval_episodes < 1:
         raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
+
+
+def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
+                 video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
+                 eval_episodes: int = 10, resume: bool = False) -> TimeToWalk:
+    check_options(stop_on, eval_every, eval_episodes)
     elapsed, curve = 0.0, []
     if resume:
         if not (run_dir / CLOCK_FILE).is_file():

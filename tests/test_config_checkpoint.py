@@ -140,6 +140,18 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, capsys) -
     Trainer(cfg, started)
 
 
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
+    from services import cli
+
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "20261122-120000")
+    made = [cli._claim_folder(tmp_path / "runs", "") for _ in range(3)]
+    assert [p.name for p in made] == ["20261122-120000", "20261122-120000-2", "20261122-120000-3"]
+    assert all(p.is_dir() for p in made)
+    monkeypatch.chdir(tmp_path)
+    assert cli._new_folder("soak") == Path("bench/soak-20261122-120000")
+    assert (tmp_path / "bench" / "soak-20261122-120000").is_dir()
+
+
 def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "stride"
     out = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, check=True).stdout

@@ -49,6 +49,14 @@ def test_compose_files_match_the_compose_spec(compose_schema: dict, name: str) -
         jsonschema.Draft201909Validator(compose_schema).validate(broken)
 
 
+def _stride_train_args(line: str):
+    """The flags of a `stride train` command line in a deploy file, parsed by the real CLI parser
+    (a misspelt flag fails here, not in the cluster)."""
+    from services.cli import _parser
+
+    return _parser().parse_args(["train", *line.split()])
+
+
 def test_compose_is_runnable_as_written() -> None:
     doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = doc["services"]
@@ -67,6 +75,10 @@ def test_compose_is_runnable_as_written() -> None:
         build = services[name]["build"]
         assert ((DEPLOY / build["context"]).resolve() / build["dockerfile"]).is_file()
     assert "stride train --address auto" in " ".join(services["ray-head"]["command"])
+    line = " ".join(services["ray-head"]["command"]).split("stride train ")[1].split(";")[0]
+    args = _stride_train_args(line.replace("$${STRIDE_ARGS:-}", ""))
+    # `up` again (or a restarted head) continues the run in the volume instead of refusing it.
+    assert args.run_dir == Path("/runs/compose") and args.resume_if_exists
     assert "--address=ray-head:6379" in " ".join(services["ray-worker"]["command"])
     # No secret in the repo: Grafana's password must come from the environment.
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
@@ -110,6 +122,8 @@ def test_kuberay_rayjob_manifest() -> None:
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     spec = doc["spec"]
     assert spec["entrypoint"].startswith("stride train --address auto")
+    args = _stride_train_args(spec["entrypoint"].split("stride train ")[1])
+    assert args.address == "auto" and args.metrics_host == "0.0.0.0" and args.resume_if_exists
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == "2.60.0"
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]

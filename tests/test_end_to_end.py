@@ -56,3 +56,30 @@ def test_biped_run_writes_checkpoint_curve_and_video(tmp_path: Path) -> None:
     ends = evaluated.stdout.split("episodes ended by: ")[1].splitlines()[0].split(", ")
     reasons = {"fell", "lateral", "tilt", "physics_diverged", "time_limit"}
     assert all(e.split()[0] in reasons for e in ends) and sum(int(e.split()[1]) for e in ends) == 2, ends
+
+
+def test_resume_if_exists_starts_a_run_then_continues_it(tmp_path: Path) -> None:
+    """The command a supervisor re-runs (docker-compose): the first time it starts the run, the
+    next time it continues it from the last checkpoint, with the run's counters and records."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # A run that died before its first checkpoint: its records cannot be continued; kept aside.
+    (run_dir / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    argv = ["train", "--env", "Pendulum-v1", "--actors", "2", "--envs-per-actor", "4", "--fragment-length", "32",
+            "--set", "ppo.minibatches=4", "--run-dir", str(run_dir), "--resume-if-exists", "--metrics-port", "0",
+            "--no-video"]
+    first = run(*argv, "--total-steps", "512")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "has records but no checkpoint: starting afresh" in first.stderr
+    (aside,) = run_dir.glob("metrics-*-no-checkpoint.jsonl")
+    assert aside.read_text() == '{"iteration": 1}\n'
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs] == [1, 2]
+    second = run(*argv, "--total-steps", "1024")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from ckpt-000000002.pt" in second.stderr
+    recs2 = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs2] == [1, 2, 3, 4] and recs2[:2] == recs
+    assert recs2[-1]["env_steps"] == 1024
+    alone = run("train", "--resume-if-exists", "--env", "Pendulum-v1")
+    assert alone.returncode == 2 and "--resume-if-exists needs --run-dir DIR" in alone.stderr
