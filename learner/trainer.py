@@ -63,6 +63,12 @@ class TrainingDiverged(RuntimeError):
     """The loss stayed non-finite for max_bad_updates batches in a row."""
 
 
+def has_records(run_dir: Path) -> bool:
+    """Whether `run_dir` has a non-empty metrics.jsonl (a run trained there)."""
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
 def refuse_existing_run(run_dir: Path) -> None:
     """Raise FileExistsError if `run_dir` already holds a run (checkpoints or metrics).
 
@@ -70,9 +76,8 @@ def refuse_existing_run(run_dir: Path) -> None:
     the highest iteration numbers, so the old run's checkpoints would outrank the new run's and
     the new ones would be deleted as they are written."""
     held = [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")[-1:]]
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        held.append(metrics.name)
+    if has_records(run_dir):
+        held.append("metrics.jsonl")
     if held:
         raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
                               "--resume, or train in another folder")
@@ -189,8 +194,8 @@ class Trainer:
             log.info("resumed from %s at iteration %d, %d env steps",
                      self.resumed_from.name, self.counters.iteration, self.counters.env_steps)
         self.metrics_path = run_dir / "metrics.jsonl"
-        if resume:
-            self._truncate_metrics(self.counters.iteration)
+        # On resume: the last record kept (that of the checkpoint's iteration), or None.
+        self.last_record: dict[str, Any] | None = self._truncate_metrics(self.counters.iteration) if resume else None
         self.progress = Progress(cfg.train.total_steps, progress_stream)
         self.pool: ActorPool | None = None
         self.observers = list(observers or [])
@@ -205,11 +210,11 @@ class Trainer:
         """The rollout actor handles (empty outside `run`)."""
         return self.pool.workers if self.pool is not None else []
 
-    def _truncate_metrics(self, iteration: int) -> None:
+    def _truncate_metrics(self, iteration: int) -> dict[str, Any] | None:
         """Drop records of updates after the checkpoint: a crash lost them, and the resumed run
-        redoes those iterations. Rewritten atomically."""
+        redoes those iterations. Rewritten atomically. Returns the last record kept, if any."""
         if not self.metrics_path.exists():
-            return
+            return None
         lines = self.metrics_path.read_text().splitlines()
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["iteration"] <= iteration]
         if len(kept) != len(lines):
@@ -217,6 +222,7 @@ class Trainer:
             tmp.write_text("".join(ln + "\n" for ln in kept))
             os.replace(tmp, self.metrics_path)
             log.info("dropped %d metrics records past the checkpoint", len(lines) - len(kept))
+        return json.loads(kept[-1]) if kept else None
 
     # -- actors -------------------------------------------------------------------------
     def _spawn_workers(self) -> ActorPool:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -180,12 +179,26 @@ def _setup_logging(run_dir: Path | None) -> None:
                         force=True)
 
 
+def _run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> Any:
+    """The config a resumed run continues with: the run's own config.yaml plus `overrides`
+    (`stride train --resume` and `stride bench time-to-walk --resume`)."""
+    from learner import config as C
+
+    if config is not None:
+        raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
+                            "(use --set to change a field)")
+    if not (run_dir / "config.yaml").is_file():
+        raise C.ConfigError(f"--resume: {run_dir} has no config.yaml (not a Stride run folder)")
+    return C.load(run_dir / "config.yaml", overrides)
+
+
 def _resume_if_exists(args: argparse.Namespace) -> None:
     """--resume-if-exists: turn the command into `--resume RUN_DIR` when the run folder has a
     checkpoint. Records of a run that died before its first checkpoint cannot be continued (a
     resume would drop them too): they are moved aside, not deleted, and the run starts afresh."""
     from learner import checkpoint
     from learner import config as C
+    from learner.trainer import has_records
 
     if args.resume is not None or args.run_dir is None:
         raise C.ConfigError("--resume-if-exists needs --run-dir DIR (and no --resume)")
@@ -193,8 +206,8 @@ def _resume_if_exists(args: argparse.Namespace) -> None:
     if checkpoint.list_checkpoints(run_dir / "checkpoints"):
         args.resume = run_dir
         return
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file() and metrics.stat().st_size > 0:
+    if has_records(run_dir):
+        metrics = run_dir / "metrics.jsonl"
         aside = metrics.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}-no-checkpoint.jsonl")
         os.replace(metrics, aside)
         print(f"{run_dir} has records but no checkpoint: starting afresh; the old records are in {aside.name}",
@@ -205,27 +218,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from learner import config as C
 
     overrides = _overrides(args)
-    if args.resume is not None and args.config is not None:
-        raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
-                            "(use --set to change a field)")
+    config = args.config
     if args.resume_if_exists:
-        _resume_if_exists(args)
+        _resume_if_exists(args)  # may turn the command into --resume RUN_DIR
+        if args.resume is not None:
+            config = None  # --config is for the fresh start; a resumed run keeps its own
     run_dir: Path | None = None
     if args.resume is not None:
         run_dir = args.resume
-        if not (run_dir / "config.yaml").is_file():
-            raise C.ConfigError(f"--resume: {run_dir} has no config.yaml (not a Stride run folder)")
-        cfg = C.load(run_dir / "config.yaml", overrides)
+        cfg = _run_config(run_dir, config, overrides)
     else:
         cfg = C.load(args.config, overrides)
         if args.run_dir is not None:
             cfg.train.run_dir, cfg.train.run_id = str(args.run_dir.parent), args.run_dir.name
     C.validate(cfg)  # before Ray starts, and before any folder is made
-    if run_dir is None and cfg.train.run_id:
+    if run_dir is None:
+        if not cfg.train.run_id:
+            cfg.train.run_id = _claim_folder(Path(cfg.train.run_dir), "").name
         run_dir = Path(cfg.train.run_dir) / cfg.train.run_id
-    elif run_dir is None:
-        run_dir = _claim_folder(Path(cfg.train.run_dir), "")
-        cfg.train.run_id = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 
@@ -246,10 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # fails before anything listens or starts.
     trainer = Trainer(cfg, run_dir, resume=args.resume is not None, observers=[metrics], external=hub)
     C.save(cfg, run_dir / "config.yaml")  # only now: a refused --resume leaves the run's config as it was
-    if args.resume is not None and (run_dir / "metrics.jsonl").exists():
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        if lines:
-            metrics.start_from(json.loads(lines[-1]))
+    if trainer.last_record is not None:
+        metrics.start_from(trainer.last_record)
     server = experience = None
     code = 0
     try:
@@ -376,12 +384,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.resume:
             if args.out is None:
                 raise C.ConfigError("--resume needs --out DIR, the experiment's folder")
-            if args.config is not None:
-                raise C.ConfigError("--resume continues with the run's own config.yaml; drop --config "
-                                    "(use --set to change a field)")
-            if not (args.out / "config.yaml").is_file():
-                raise C.ConfigError(f"--resume: {args.out} has no config.yaml (not a Stride run folder)")
-            cfg = C.load(args.out / "config.yaml", overrides)
+            cfg = _run_config(args.out, args.config, overrides)
         else:
             cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
         C.validate(cfg)

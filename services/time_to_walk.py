@@ -135,13 +135,12 @@ def _json(value: Any, indent: int | None = None) -> str:
     return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
-def _resume_clock(run_dir: Path, env_steps: int) -> tuple[float, list[EvalPoint]]:
-    """Seconds from the original start to the end of the checkpoint's iteration (the trainer has
-    already cut metrics.jsonl back to it), and the evaluations made up to that checkpoint, with
+def _resume_clock(run_dir: Path, trainer: Trainer) -> tuple[float, list[EvalPoint]]:
+    """Seconds from the original start to the end of the checkpoint's iteration (the resumed
+    trainer's last kept record), and the evaluations made up to that checkpoint, with
     eval_curve.jsonl rewritten (atomically) to hold just those."""
     started_at = float(json.loads((run_dir / CLOCK_FILE).read_text())["started_at"])
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
-    last = json.loads(lines[-1]) if lines else None
+    last, env_steps = trainer.last_record, trainer.counters.env_steps
     elapsed = float(last["wall_time"]) - started_at if last else 0.0
     curve_path = run_dir / "eval_curve.jsonl"
     curve = [EvalPoint(**json.loads(x)) for x in curve_path.read_text().splitlines()] if curve_path.exists() else []
@@ -173,7 +172,7 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
         if not (run_dir / CLOCK_FILE).is_file():
             raise ValueError(f"--resume: {run_dir} has no {CLOCK_FILE} (not a time-to-walk run folder)")
         trainer = Trainer(cfg, run_dir, resume=True)  # cuts metrics.jsonl back to the checkpoint
-        elapsed, curve = _resume_clock(run_dir, trainer.counters.env_steps)
+        elapsed, curve = _resume_clock(run_dir, trainer)
         C.save(cfg, run_dir / "config.yaml")  # with the whole budget: it may be resumed again
         if cfg.train.max_seconds > 0:
             # max_seconds is the experiment's budget, not this process's.
