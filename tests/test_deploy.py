@@ -87,6 +87,43 @@ def test_compose_is_runnable_as_written() -> None:
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
+def _run_head_command(tmp_path: Path, ray_start_rc: int, stride_rc: int) -> tuple[int, list[str]]:
+    """Run the Compose head's shell line in bash (after Compose's `$$` unescaping), with `ray`
+    and `stride` replaced by scripts that log their arguments and exit with the given status
+    (Docker and a Ray head do not run here; what is checked is the line's own logic)."""
+    doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    shell, flag, line = doc["services"]["ray-head"]["command"]
+    assert (shell, flag) == ("bash", "-c")
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    for name, rc in (("ray", None), ("stride", stride_rc)):
+        exit_rc = f"[ \"$1\" = start ] && exit {ray_start_rc}; exit 0" if rc is None else f"exit {rc}"
+        script = bindir / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{exit_rc}\n')
+        script.chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "STRIDE_ARGS": "--total-steps 1000"}
+    got = subprocess.run(["bash", "-c", line.replace("$$", "$")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    return got.returncode, log.read_text().splitlines()
+
+
+def test_compose_head_exits_with_strides_status(tmp_path: Path) -> None:
+    """The head's restart policy (on-failure) can only tell a crashed run from a finished one if
+    the container's status is stride's, not `ray stop`'s."""
+    doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert doc["services"]["ray-head"]["restart"].startswith("on-failure")
+    assert doc["services"]["ray-worker"]["restart"].startswith("on-failure")
+    for stride_rc in (0, 1, 130):
+        rc, calls = _run_head_command(tmp_path, ray_start_rc=0, stride_rc=stride_rc)
+        assert rc == stride_rc, calls
+        assert [c.split()[:2] for c in calls] == [["ray", "start"], ["stride", "train"], ["ray", "stop"]]
+        assert calls[1].endswith("--resume-if-exists --total-steps 1000")  # STRIDE_ARGS passed on
+    rc, calls = _run_head_command(tmp_path, ray_start_rc=3, stride_rc=0)
+    assert rc == 3 and [c.split()[:2] for c in calls] == [["ray", "start"], ["ray", "stop"]]
+
+
 def test_dockerfile_copies_what_exists() -> None:
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)
@@ -118,8 +155,10 @@ def test_local_cluster_config_passes_rays_own_preparation() -> None:
 
 
 def test_kuberay_rayjob_manifest() -> None:
-    doc = yaml.safe_load((DEPLOY / "k8s" / "rayjob.yaml").read_text())
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "rayjob.yaml").read_text())}
+    assert set(docs) == {"RayJob", "PersistentVolumeClaim"}
+    doc = docs["RayJob"]
+    assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
     assert spec["entrypoint"].startswith("stride train --address auto")
     args = _stride_train_args(spec["entrypoint"].split("stride train ")[1])
@@ -129,6 +168,13 @@ def test_kuberay_rayjob_manifest() -> None:
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the learner's GPU
     assert any(p["containerPort"] == 9470 for p in head["ports"])
+    # The run folder outlives the head pod (a claim, not an emptyDir) and a failed job is retried:
+    # the retry's --resume-if-exists then finds the checkpoints.
+    volumes = {v["name"]: v for v in cluster["headGroupSpec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in head["volumeMounts"]}
+    run_volume = next(volumes[name] for path, name in mounts.items() if args.run_dir.is_relative_to(path))
+    assert run_volume["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert spec["backoffLimit"] >= 1
     workers = cluster["workerGroupSpecs"]
     assert workers and workers[0]["replicas"] >= 1
     for c in [head] + [w["template"]["spec"]["containers"][0] for w in workers]:
