@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+NO_STEP_LIMIT = 10**12  # train.total_steps of a run bounded by time (`stride bench time-to-walk`)
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message starts with the field's dotted name."""
@@ -119,7 +121,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     total_steps: int = 3_000_000
-    """Env steps to train for."""
+    """Env steps to train for (NO_STEP_LIMIT: until max_seconds or a stop rule ends the run)."""
     max_seconds: float = 0.0
     """Also stop after this much wall time (0: no time limit); a checkpoint is written either way."""
     mode: str = "sync"

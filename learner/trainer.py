@@ -38,7 +38,7 @@ import torch
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
 from learner import checkpoint
 from learner.actor_pool import ActorPool
-from learner.config import Config, local_cpus, ray_address, resolve_device
+from learner.config import NO_STEP_LIMIT, Config, local_cpus, ray_address, resolve_device
 from learner.learner import Learner
 
 log = logging.getLogger("stride")
@@ -135,6 +135,7 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = time.perf_counter()
         self.start_steps: int | None = None
+        self.deadline = float("inf")  # time.monotonic() at which train.max_seconds stops the run
 
     def show(self, it: int, steps: int, rec: dict[str, Any]) -> None:
         if self.start_steps is None:  # rate and ETA from the end of the first iteration (after start-up)
@@ -143,10 +144,12 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = (steps - self.start_steps) / elapsed if steps > self.start_steps else float(rec["env_steps_per_s"])
         eta = (self.total - steps) / rate if rate > 0 else float("inf")
+        eta = min(eta, max(0.0, self.deadline - time.monotonic()))  # whichever limit comes first
         ret = rec.get("episode_return_mean")
         ret_s = "-" if ret is None else f"{ret:.2f}"
-        line = (f"iter {it} | {steps:,}/{self.total:,} steps ({100 * steps / self.total:.1f}%) | "
-                f"{rate:,.0f} steps/s | return {ret_s} | ETA {_fmt_time(eta)}")
+        budget = f"{steps:,} steps" if self.total >= NO_STEP_LIMIT else \
+            f"{steps:,}/{self.total:,} steps ({100 * steps / self.total:.1f}%)"
+        line = f"iter {it} | {budget} | {rate:,.0f} steps/s | return {ret_s} | ETA {_fmt_time(eta)}"
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
         else:
@@ -343,6 +346,7 @@ class Trainer:
                 t_iter = time.perf_counter()
                 limit = self.cfg.train.max_seconds
                 deadline = time.monotonic() + limit if limit > 0 else float("inf")
+                self.progress.deadline = deadline
                 while (self.counters.env_steps < self.cfg.train.total_steps and not self._stop
                        and time.monotonic() < deadline):
                     fragments, t_sample, t_bcast, nbytes = next(batches)

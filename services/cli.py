@@ -377,7 +377,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.bench == "time-to-walk":
-        from services.time_to_walk import check_options, time_to_walk
+        from services.time_to_walk import check_options, time_budget, time_to_walk
 
         overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
                                      "train.address": args.address or "", **_set_overrides(args.overrides)}
@@ -386,7 +386,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise C.ConfigError("--resume needs --out DIR, the experiment's folder")
             cfg = _run_config(args.out, args.config, overrides)
         else:
-            cfg = C.load(args.config, overrides)  # stops at the threshold, total_steps or max_seconds
+            # stops at the threshold or after max_seconds (or total_steps, where one is given)
+            cfg = C.load(args.config, {**overrides, **time_budget(args.config, overrides)})
         C.validate(cfg)
         check_options(args.stop_on, args.eval_every, args.eval_episodes)  # before a folder is made
         out = args.out or _new_folder("time-to-walk")

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from actors.trajectory import EpisodeStats
 from learner import config as C
 from learner.evaluate import evaluate
@@ -161,6 +163,36 @@ def check_options(stop_on: str, eval_every: float, eval_episodes: int) -> None:
         raise ValueError("stop_on 'eval' (--stop-on eval) needs eval_every > 0 (--eval-every SECONDS)")
     if eval_episodes < 1:
         raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
+
+
+def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides that make an experiment bounded by time, not by the config's step budget.
+
+    Unless train.total_steps is given (in the config file or as an override), the built-in
+    3 M steps would end an hour's experiment after a few minutes: the step limit is lifted, and
+    the learning rate is kept constant, since a linear schedule has no horizon to anneal over.
+    (On the biped, annealing to 0 within the hour cost more than half the progress: see
+    docs/benchmarks.md, session 9.) A linear schedule asked for explicitly without a step
+    budget is refused, naming the field.
+    """
+    given: set[str] = set(overrides)
+    if config_path is not None and Path(config_path).is_file():
+        try:
+            data = yaml.safe_load(Path(config_path).read_text()) or {}
+        except yaml.YAMLError:
+            data = {}  # C.load reports it, with the line
+        if isinstance(data, dict):
+            given |= {f"{s}.{k}" for s, fields in data.items() if isinstance(fields, dict) for k in fields}
+    if "train.total_steps" in given:
+        return {}
+    if "ppo.lr_schedule" in given:
+        schedule = str(overrides.get("ppo.lr_schedule", "")) or C.load(config_path).ppo.lr_schedule
+        if schedule == "linear":
+            raise C.ConfigError("ppo.lr_schedule: 'linear' anneals over train.total_steps; give "
+                                "train.total_steps (--set train.total_steps=N) or use 'constant'")
+        return {"train.total_steps": C.NO_STEP_LIMIT}
+    log.info("no train.total_steps given: time-bounded (--max-seconds), constant learning rate")
+    return {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}
 
 
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,

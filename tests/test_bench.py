@@ -82,6 +82,42 @@ def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> Non
     assert "threshold -700.0 reached (eval return)" in done.stdout and done.stdout.count("eval at ") == len(curve)
 
 
+def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Path) -> None:
+    """`stride bench time-to-walk --max-seconds 3600` with the built-in config used to stop at its
+    3 M steps after a few minutes; now time bounds it, at a constant learning rate."""
+    import pytest
+
+    from learner.config import NO_STEP_LIMIT
+    from services.time_to_walk import time_budget
+
+    assert time_budget(None, {}) == {"train.total_steps": NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}
+    assert time_budget(None, {"train.total_steps": "38000000"}) == {}
+    assert time_budget(ROOT / "configs" / "pendulum.yaml", {}) == {}  # the file gives total_steps
+    assert time_budget(None, {"ppo.lr_schedule": "adaptive"}) == {"train.total_steps": NO_STEP_LIMIT}
+    with pytest.raises(C.ConfigError, match=r"^ppo.lr_schedule: 'linear' anneals over train.total_steps"):
+        time_budget(None, {"ppo.lr_schedule": "linear"})
+    config = tmp_path / "linear.yaml"
+    config.write_text("ppo:\n  lr_schedule: linear\n")
+    with pytest.raises(C.ConfigError, match="train.total_steps"):
+        time_budget(config, {})
+
+
+def test_time_to_walk_without_a_step_budget_runs_until_its_time(tmp_path: Path) -> None:
+    config = tmp_path / "pendulum-no-steps.yaml"
+    config.write_text("\n".join(line for line in (ROOT / "configs" / "pendulum.yaml").read_text().splitlines()
+                                if "total_steps" not in line))
+    out = tmp_path / "ttw"
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "time-to-walk", "--config",
+                           str(config), "--threshold", "0", "--max-seconds", "12", "--set", "rollout.actors=1",
+                           "--no-video", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "threshold 0.0 NOT reached" in done.stdout, done.stderr[-2000:]
+    saved = C.load(out / "config.yaml")
+    assert saved.train.total_steps == 10**12 and saved.ppo.lr_schedule == "constant"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["wall_time"] - recs[0]["wall_time"] > 5  # ran on until the time limit
+    assert {r["lr"] for r in recs} == {saved.ppo.lr}
+
+
 def test_time_to_walk_stop_on_eval_needs_an_interval(tmp_path: Path) -> None:
     done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "time-to-walk", "--stop-on", "eval",
                            "--out", str(tmp_path / "ttw")], cwd=ROOT, capture_output=True, text=True, timeout=120)

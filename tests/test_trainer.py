@@ -15,7 +15,7 @@ import torch
 
 from learner import checkpoint
 from learner import config as C
-from learner.trainer import Trainer
+from learner.trainer import Progress, Trainer
 from tests.conftest import start_local_ray
 
 
@@ -40,6 +40,25 @@ def small_config(**overrides) -> C.Config:
 
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_progress_eta_is_the_nearer_of_steps_and_time_limit() -> None:
+    """A time-bounded run (train.max_seconds, `stride bench time-to-walk`) shows the time left,
+    not how long its step budget would take."""
+    import io
+
+    out = io.StringIO()
+    p = Progress(total=1_000_000, stream=out)
+    p.show(1, 1_000, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
+    p.start -= 10.0  # 10 s later, 10,000 more steps: 1,000 steps/s
+    p.show(2, 11_000, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
+    assert out.getvalue().splitlines()[-1].endswith("ETA 16m29s")  # 989,000 steps at 1,000/s
+    p.deadline = time.monotonic() + 125.5
+    p.show(3, 11_000, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
+    assert out.getvalue().splitlines()[-1].endswith("ETA 2m05s")
+    unbounded = Progress(total=10**12, stream=out)  # time-to-walk with no step budget: no fraction
+    unbounded.show(1, 4_096, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
+    assert out.getvalue().splitlines()[-1].startswith("iter 1 | 4,096 steps | ")
 
 
 def test_sync_mode_trains_on_current_version_only(tmp_path: Path) -> None:

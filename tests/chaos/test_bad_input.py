@@ -310,6 +310,10 @@ CASES: list[Case] = [
          "(Address already in use); choose another with --metrics-port", cli_busy_metrics_port),
     Case("cli-bench-actors", "cli", "`stride bench scale --actors 0,2`", "--actors: counts must be >= 1",
          cli("bench", "scale", "--actors", "0,2")),
+    Case("cli-ttw-linear-no-steps", "cli",
+         "`stride bench time-to-walk --set ppo.lr_schedule=linear` with no step budget to anneal over",
+         "ppo.lr_schedule: 'linear' anneals over train.total_steps",
+         cli("bench", "time-to-walk", "--set", "ppo.lr_schedule=linear", "--out", "{tmp}/ttw")),
     # checkpoints
     Case("ckpt-corrupt-newest", "checkpoint", "the newest checkpoint overwritten with random bytes",
          "is unreadable", corrupt_newest_and_resume),
