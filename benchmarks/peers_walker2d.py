@@ -1,7 +1,12 @@
 """Stride against peers on Walker2d-v5 at the same sample budget, on this machine.
 
-    pip install -e ".[peers]"            # stable-baselines3 and ray[rllib]
-    python benchmarks/peers_walker2d.py --budget 100000 [--only stride,sb3,rllib,cleanrl] [--seeds 1,2,3]
+    pip install -e ".[peers]"            # stable-baselines3
+    python benchmarks/peers_walker2d.py --budget 100000 [--only stride,sb3,cleanrl] [--seeds 1,2,3]
+
+RLlib 2.60 pins gymnasium 1.2.2 (Stride: 1.4.0), so it runs from a virtualenv of its own:
+    python3 -m venv .venv-rllib
+    .venv-rllib/bin/pip install torch==2.13.0 "ray[rllib]==2.60.0" "gymnasium[mujoco]==1.2.2"
+    python benchmarks/peers_walker2d.py --only stride,rllib --rllib-python .venv-rllib/bin/python
 
 Each system trains in its own subprocess, one after the other, on all local cores it chooses
 to use. Reported per system:
@@ -115,6 +120,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1", help="comma-separated seeds; every system runs once per seed")
     parser.add_argument("--stride-config", default=str(ROOT / "configs" / "walker2d.yaml"),
                         help="Stride's config file (the peers' settings are fixed)")
+    parser.add_argument("--rllib-python", default=sys.executable,
+                        help="the interpreter RLlib runs under (a virtualenv of its own: see above)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,7 +136,8 @@ def main() -> None:
     print(f"{'system':<8} {'seed':>5} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20}")
     for seed in seeds:
         for name in names:
-            proc = subprocess.run([sys.executable, __file__, "--run", name, "--budget", str(args.budget),
+            python = args.rllib_python if name == "rllib" else sys.executable
+            proc = subprocess.run([python, __file__, "--run", name, "--budget", str(args.budget),
                                    "--seed", str(seed), "--stride-config", args.stride_config],
                                   capture_output=True, text=True, cwd=ROOT)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
