@@ -217,9 +217,13 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def _section(cfg: Config, name: str) -> Any:
-    if name not in {f.name for f in dataclasses.fields(cfg)}:
+def _check_section(name: str) -> None:
+    if name not in {f.name for f in dataclasses.fields(Config)}:
         raise ConfigError(f"{name}: unknown section (known: env, rollout, ppo, model, train)")
+
+
+def _section(cfg: Config, name: str) -> Any:
+    _check_section(name)
     return getattr(cfg, name)
 
 
@@ -236,29 +240,37 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, field_name, _coerce(dotted, hints[field_name], value))
 
 
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The settings a YAML config file gives, by dotted name (`ppo.lr`), in the file's order.
+
+    Checks the file's shape (sections as mappings, known section names), not the values:
+    load() converts and checks those.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: no such file {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--config: {p} is not valid YAML: {problem}{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {p} must hold a mapping of sections")
+    given: dict[str, Any] = {}
+    for section, values in data.items():
+        _check_section(str(section))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a mapping of fields")
+        given.update({f"{section}.{key}": value for key, value in values.items()})
+    return given
+
+
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then a YAML file (sections as mappings), then dotted overrides."""
     cfg = Config()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: no such file {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ConfigError(f"--config: {p} is not valid YAML: {problem}{where}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config: {p} must hold a mapping of sections")
-        for section, values in data.items():
-            _section(cfg, str(section))
-            if not isinstance(values, dict):
-                raise ConfigError(f"{section}: must be a mapping of fields")
-            for key, value in values.items():
-                set_value(cfg, f"{section}.{key}", value)
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in [*(read_file(path) if path is not None else {}).items(), *(overrides or {}).items()]:
         set_value(cfg, dotted, value)
     return cfg
 

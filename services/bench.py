@@ -65,7 +65,7 @@ def scale_point(cfg: C.Config, actors: int, seconds: float, base_rate: float) ->
     run_cfg = copy.deepcopy(cfg)
     run_cfg.rollout.actors = actors
     run_cfg.train.max_seconds = seconds
-    run_cfg.train.total_steps = 10**12
+    run_cfg.train.total_steps = C.NO_STEP_LIMIT
     run_cfg.train.checkpoint_every = 10**9
     run_cfg.train.video = False
     with tempfile.TemporaryDirectory(prefix="stride-bench-") as tmp:

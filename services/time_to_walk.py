@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from actors.trajectory import EpisodeStats
 from learner import config as C
 from learner.evaluate import evaluate
@@ -175,19 +173,11 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
     docs/benchmarks.md, session 9.) A linear schedule asked for explicitly without a step
     budget is refused, naming the field.
     """
-    given: set[str] = set(overrides)
-    if config_path is not None and Path(config_path).is_file():
-        try:
-            data = yaml.safe_load(Path(config_path).read_text()) or {}
-        except yaml.YAMLError:
-            data = {}  # C.load reports it, with the line
-        if isinstance(data, dict):
-            given |= {f"{s}.{k}" for s, fields in data.items() if isinstance(fields, dict) for k in fields}
+    given = {**(C.read_file(config_path) if config_path is not None else {}), **overrides}
     if "train.total_steps" in given:
         return {}
     if "ppo.lr_schedule" in given:
-        schedule = str(overrides.get("ppo.lr_schedule", "")) or C.load(config_path).ppo.lr_schedule
-        if schedule == "linear":
+        if str(given["ppo.lr_schedule"]) == "linear":
             raise C.ConfigError("ppo.lr_schedule: 'linear' anneals over train.total_steps; give "
                                 "train.total_steps (--set train.total_steps=N) or use 'constant'")
         return {"train.total_steps": C.NO_STEP_LIMIT}

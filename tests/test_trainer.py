@@ -56,7 +56,7 @@ def test_progress_eta_is_the_nearer_of_steps_and_time_limit() -> None:
     p.deadline = time.monotonic() + 125.5
     p.show(3, 11_000, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
     assert out.getvalue().splitlines()[-1].endswith("ETA 2m05s")
-    unbounded = Progress(total=10**12, stream=out)  # time-to-walk with no step budget: no fraction
+    unbounded = Progress(total=C.NO_STEP_LIMIT, stream=out)  # time-to-walk with no step budget: no fraction
     unbounded.show(1, 4_096, {"env_steps_per_s": 1_000.0, "episode_return_mean": 1.0})
     assert out.getvalue().splitlines()[-1].startswith("iter 1 | 4,096 steps | ")
 
