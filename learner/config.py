@@ -108,6 +108,13 @@ class PPOConfig:
     PPO; the gradient is still the behaviour-policy ratio's). False clips against the behaviour
     log-probs directly; on the biped that clipped 40-60% of samples before the first step and let
     the entropy bonus drive entropy up (docs/benchmarks.md). No effect on on-policy fragments."""
+    max_is_weight: float = 0.0
+    """Decoupled PPO: truncate the weights pi_current / pi_behaviour at this value (0: never),
+    trading a little bias for less variance when a sample's behaviour policy made its action
+    much less likely than the current one does (V-trace's rho-bar; Espeholt et al. 2018). Off by
+    default: with max_policy_lag 1 the weights stay small (Walker2d async: largest weight per
+    update median 1.8, at most 3.1; a cap of 2 truncated 0.01% of samples; docs/benchmarks.md).
+    The metrics log stale_fraction, is_weight_max and is_weight_capped per update."""
 
 
 @dataclass
@@ -312,6 +319,8 @@ def validate(cfg: Config) -> None:
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
     for name in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm", "kl_target", "kl_beta", "target_kl"):
         _check(getattr(p, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(p, name)}")
+    _check(p.max_is_weight == 0 or p.max_is_weight >= 1, "ppo.max_is_weight",
+           f"must be 0 (no cap) or >= 1, got {p.max_is_weight}")
     _check(p.clip_coef > 0 or p.loss == "penalty", "ppo.clip_coef", "must be > 0 for the clip loss")
     _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden",
            f"must be positive sizes, got {m.hidden}")

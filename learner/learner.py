@@ -182,7 +182,7 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         flat_obs, flat_actions = obs[:-1].reshape(T * B, -1), tensors["actions"].reshape(T * B, -1)
-        prox_logp, weights = self._proximal(fragments, flat_obs, flat_actions, tensors["logp"])
+        prox_logp, weights, is_stats = self._proximal(fragments, flat_obs, flat_actions, tensors["logp"])
         batch = Batch(
             obs=flat_obs,
             actions=flat_actions,
@@ -215,15 +215,18 @@ class Learner:
         t2 = time.perf_counter()
         stats.update(
             explained_variance=ev, lr=lr, kl_beta=beta_used, batch_size=float(T * B),
-            reward_multiplier=reward_multiplier,
+            reward_multiplier=reward_multiplier, **is_stats,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
         )
         return stats
 
     def _proximal(self, fragments: list[Trajectory], obs: torch.Tensor, actions: torch.Tensor,
-                  behaviour_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs the update clips against [N] and the importance weights pi_prox / pi_behaviour [N].
+                  behaviour_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Log-probs the update clips against [N], the importance weights pi_prox / pi_behaviour [N]
+        (truncated at ppo.max_is_weight when that is set) and their diagnostics: the fraction of
+        samples from an older version, the largest weight before truncation, and the fraction of
+        samples whose weight was truncated.
 
         On-policy fragments (made by the current version): the behaviour log-probs, weight 1, i.e.
         plain PPO. Older fragments (async mode): the current policy's log-probs, and the weight
@@ -232,8 +235,9 @@ class Learner:
         gradient step, so the unclipped entropy bonus drove the policy's entropy up.
         obs [N, obs_dim] and actions [N, act_dim] flattened time-major from [T, B], behaviour_logp [T, B].
         """
+        none = {"stale_fraction": 0.0, "is_weight_max": 1.0, "is_weight_capped": 0.0}
         if not self.cfg.ppo.decoupled:
-            return behaviour_logp.reshape(-1), torch.ones_like(behaviour_logp.reshape(-1))
+            return behaviour_logp.reshape(-1), torch.ones_like(behaviour_logp.reshape(-1)), none
         logp = behaviour_logp.clone()
         stale = torch.zeros_like(behaviour_logp, dtype=torch.bool)
         col = 0
@@ -244,10 +248,15 @@ class Learner:
             col += width
         logp, stale = logp.reshape(-1), stale.reshape(-1)
         if not bool(stale.any()):
-            return logp, torch.ones_like(logp)
+            return logp, torch.ones_like(logp), none
         with torch.no_grad():
             logp[stale] = self.model.evaluate(obs[stale], actions[stale])[0]
-        return logp, (logp - behaviour_logp.reshape(-1)).exp()
+        weights = (logp - behaviour_logp.reshape(-1)).exp()
+        cap = self.cfg.ppo.max_is_weight
+        capped = weights > cap if cap > 0 else torch.zeros_like(stale)
+        stats = {"stale_fraction": float(stale.float().mean()), "is_weight_max": float(weights.max()),
+                 "is_weight_capped": float(capped.float().mean())}
+        return logp, weights.clamp(max=cap) if cap > 0 else weights, stats
 
     def gpu_memory_bytes(self) -> int | None:
         return int(torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else None

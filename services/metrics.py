@@ -77,6 +77,11 @@ class StrideMetrics:
         self.kl_beta = gauge("stride_kl_beta", "KL penalty coefficient beta (penalty loss)").labels(*ids)
         self.policy_version = gauge("stride_policy_version", "Version of the learner's weights").labels(*ids)
         self.policy_lag = gauge("stride_policy_lag", "Mean versions between behaviour and learner policy").labels(*ids)
+        self.stale_fraction = gauge("stride_stale_sample_fraction",
+                                    "Fraction of the last update's samples from an older policy version").labels(*ids)
+        self.is_weight_max = gauge("stride_importance_weight_max",
+                                   "Largest pi_current / pi_behaviour of the last update, before any cap "
+                                   "(1 when every sample was on-policy)").labels(*ids)
         self.phase_seconds = gauge("stride_iteration_phase_seconds", "Duration of each phase in the last iteration",
                                    "phase")
         self.phase_seconds_total = counter("stride_phase_seconds", "Time spent in each phase", "phase")
@@ -152,6 +157,8 @@ class StrideMetrics:
         self.kl_beta.set(rec["kl_beta"])
         self.policy_version.set(rec["policy_version"] + 1)
         self.policy_lag.set(rec["policy_lag_mean"])
+        self.stale_fraction.set(rec["stale_fraction"])
+        self.is_weight_max.set(rec["is_weight_max"])
         for phase, key in zip(PHASES, ("time_sample", "time_gae", "time_update", "time_broadcast"), strict=True):
             self.phase_seconds.labels(*ids, phase).set(rec[key])
             self.phase_seconds_total.labels(*ids, phase).inc(rec[key])

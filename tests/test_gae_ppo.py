@@ -171,7 +171,7 @@ def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
     obs = torch.as_tensor(np.concatenate([f.obs[:-1] for f in frags], axis=1)).reshape(t * 2 * b, 3)
     actions = torch.as_tensor(np.concatenate([f.actions for f in frags], axis=1)).reshape(t * 2 * b, 1)
     behaviour = torch.as_tensor(np.concatenate([f.logp for f in frags], axis=1))
-    logp, weights = learner._proximal(frags, obs, actions, behaviour)
+    logp, weights, diag = learner._proximal(frags, obs, actions, behaviour)
     logp, weights, behaviour = logp.reshape(t, 2 * b), weights.reshape(t, 2 * b), behaviour
     assert torch.equal(logp[:, :b], behaviour[:, :b]) and torch.equal(weights[:, :b], torch.ones(t, b))
     with torch.no_grad():
@@ -180,8 +180,20 @@ def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
     torch.testing.assert_close(logp[:, b:], mine[:, b:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weights[:, b:], (mine[:, b:] - behaviour[:, b:]).exp(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(weights[:, b:], torch.ones(t, b))
+    assert diag == {"stale_fraction": 0.5, "is_weight_max": pytest.approx(float(weights.max())),
+                    "is_weight_capped": 0.0}
+    # A cap truncates the stale weights above it, and only those; the proximal log-probs stay.
+    cap = learner.cfg.ppo.max_is_weight = max(float(weights[:, b:].median()), 1.0)
+    capped_logp, capped, diag = learner._proximal(frags, obs, actions, behaviour)
+    capped = capped.reshape(t, 2 * b)
+    assert torch.equal(capped_logp.reshape(t, 2 * b), logp)
+    torch.testing.assert_close(capped, weights.clamp(max=cap))
+    above = int((weights[:, b:] > cap).sum())
+    assert above > 0 and diag["is_weight_capped"] == pytest.approx(above / (t * 2 * b))
+    assert diag["is_weight_max"] == pytest.approx(float(weights.max()))  # before truncation
+    learner.cfg.ppo.max_is_weight = 0.0
     learner.cfg.ppo.decoupled = False  # the plain variant clips everything against the behaviour policy
-    plain_logp, plain_weights = learner._proximal(frags, obs, actions, behaviour)
+    plain_logp, plain_weights, _ = learner._proximal(frags, obs, actions, behaviour)
     assert torch.equal(plain_logp, behaviour.reshape(-1)) and torch.equal(plain_weights, torch.ones(t * 2 * b))
     learner.cfg.ppo.decoupled = True
     stats = learner.update(frags, env_steps=16)  # and the update runs on the mixed batch

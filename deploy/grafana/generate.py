@@ -90,7 +90,10 @@ def build() -> dict:
         .with_panel(ts("Clip fraction", "percentunit", (f"stride_clip_fraction{SEL}", "{{run_id}}")))
         .with_panel(ts("Policy entropy", "short", (f"stride_policy_entropy{SEL}", "{{run_id}}")))
         .with_panel(ts("Explained variance", "short", (f"stride_explained_variance{SEL}", "{{run_id}}")))
-        .with_panel(ts("Policy lag and learning rate", "short", (f"stride_policy_lag{SEL}", "lag (versions)"),
+        .with_panel(ts("Policy lag, off-policy samples, learning rate", "short",
+                       (f"stride_policy_lag{SEL}", "lag (versions)"),
+                       (f"stride_stale_sample_fraction{SEL}", "stale sample fraction"),
+                       (f"stride_importance_weight_max{SEL}", "largest importance weight"),
                        (f"stride_learning_rate{SEL}", "learning rate")))
         # --- throughput and timings -----------------------------------------------------
         .with_row(dashboard.Row("Throughput and timings"))
