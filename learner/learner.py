@@ -235,28 +235,31 @@ class Learner:
         gradient step, so the unclipped entropy bonus drove the policy's entropy up.
         obs [N, obs_dim] and actions [N, act_dim] flattened time-major from [T, B], behaviour_logp [T, B].
         """
-        none = {"stale_fraction": 0.0, "is_weight_max": 1.0, "is_weight_capped": 0.0}
-        if not self.cfg.ppo.decoupled:
-            return behaviour_logp.reshape(-1), torch.ones_like(behaviour_logp.reshape(-1)), none
-        logp = behaviour_logp.clone()
-        stale = torch.zeros_like(behaviour_logp, dtype=torch.bool)
-        col = 0
+        stale_columns, col = [], 0  # (first env column, width) of each fragment from an older version
         for f in fragments:
             width = f.logp.shape[1]
             if f.policy_version != self.version:
-                stale[:, col : col + width] = True
+                stale_columns.append((col, width))
             col += width
-        logp, stale = logp.reshape(-1), stale.reshape(-1)
-        if not bool(stale.any()):
-            return logp, torch.ones_like(logp), none
+        # From the fragments' versions, so no device read; true also when decoupled is off.
+        stats = {"stale_fraction": sum(w for _, w in stale_columns) / behaviour_logp.shape[1],
+                 "is_weight_max": 1.0, "is_weight_capped": 0.0}
+        logp = behaviour_logp.reshape(-1)
+        if not self.cfg.ppo.decoupled or not stale_columns:
+            return logp, torch.ones_like(logp), stats
+        stale = torch.zeros_like(behaviour_logp, dtype=torch.bool)
+        for col, width in stale_columns:
+            stale[:, col : col + width] = True
+        logp, stale = logp.clone(), stale.reshape(-1)
         with torch.no_grad():
             logp[stale] = self.model.evaluate(obs[stale], actions[stale])[0]
         weights = (logp - behaviour_logp.reshape(-1)).exp()
+        stats["is_weight_max"] = float(weights.max())
         cap = self.cfg.ppo.max_is_weight
-        capped = weights > cap if cap > 0 else torch.zeros_like(stale)
-        stats = {"stale_fraction": float(stale.float().mean()), "is_weight_max": float(weights.max()),
-                 "is_weight_capped": float(capped.float().mean())}
-        return logp, weights.clamp(max=cap) if cap > 0 else weights, stats
+        if cap > 0:
+            stats["is_weight_capped"] = float((weights > cap).float().mean())
+            weights = weights.clamp(max=cap)
+        return logp, weights, stats
 
     def gpu_memory_bytes(self) -> int | None:
         return int(torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else None

@@ -193,8 +193,9 @@ def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
     assert diag["is_weight_max"] == pytest.approx(float(weights.max()))  # before truncation
     learner.cfg.ppo.max_is_weight = 0.0
     learner.cfg.ppo.decoupled = False  # the plain variant clips everything against the behaviour policy
-    plain_logp, plain_weights, _ = learner._proximal(frags, obs, actions, behaviour)
+    plain_logp, plain_weights, diag = learner._proximal(frags, obs, actions, behaviour)
     assert torch.equal(plain_logp, behaviour.reshape(-1)) and torch.equal(plain_weights, torch.ones(t * 2 * b))
+    assert diag == {"stale_fraction": 0.5, "is_weight_max": 1.0, "is_weight_capped": 0.0}  # still counted
     learner.cfg.ppo.decoupled = True
     stats = learner.update(frags, env_steps=16)  # and the update runs on the mixed batch
     assert all(np.isfinite(v) for v in stats.values()) and learner.version == 2
