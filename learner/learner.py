@@ -6,6 +6,7 @@ Knows nothing of Ray: `update(fragments)` takes `Trajectory` objects from wherev
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any
 
@@ -200,6 +201,8 @@ class Learner:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
             raise
+        if self.cfg.model.min_std > 0:  # a projection after the step: the loss is left as it is
+            self.model.log_std.data.clamp_(min=math.log(self.cfg.model.min_std))
         beta_used = self.beta
         if self.cfg.ppo.loss == "penalty":
             self.beta = adapt_beta(self.beta, stats["approx_kl"], self.cfg.ppo.kl_target)

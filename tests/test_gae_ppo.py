@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from actors.policy import SIGMOID_TANH_MIN, ActorCritic, NumpyPolicy, Tanh
+from actors.trajectory import Trajectory
 from learner.config import PPOConfig
 from learner.gae import compute_gae
 from learner.learner import values_and_bootstrap
@@ -150,7 +153,6 @@ def test_decoupled_weights_scale_the_surrogate_and_give_the_behaviour_gradient()
 def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
     """An on-policy fragment keeps its behaviour log-probs (weight exactly 1); a fragment from an
     older version gets the current policy's log-probs and weights pi_current / pi_behaviour."""
-    from actors.trajectory import Trajectory
     from learner import config as C
     from learner.learner import Learner
 
@@ -201,6 +203,41 @@ def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
     assert all(np.isfinite(v) for v in stats.values()) and learner.version == 2
 
 
+def _random_fragment(rng: np.random.Generator, act_dim: int, version: int = 0, t: int = 8, b: int = 4) -> Trajectory:
+    """A [T = t, B = b] fragment of 3-d observations with no episode ends: behaviour log-prob -1
+    everywhere, actions uniform in [-1, 1], normal observations and rewards."""
+    return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
+                      rng.uniform(-1, 1, size=(t, b, act_dim)).astype(np.float32), np.full((t, b), -1.0, np.float32),
+                      rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
+                      np.zeros((t, b, 3), np.float32), version, 0)
+
+
+def test_min_std_floors_the_policy_std_after_each_update() -> None:
+    """model.min_std: a log-std below log(min_std) is raised to it by the update, one above it is
+    left where the optimiser put it, and the actors' weights carry the floored value. Without
+    the floor the same start stays below it."""
+    from learner import config as C
+    from learner.learner import Learner
+
+    rng = np.random.default_rng(7)
+    floor = 0.2
+    overrides = {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "model.init_log_std": -3.0}
+    plain = Learner(C.load(None, overrides), obs_dim=3, act_dim=2, device="cpu")
+    plain.update([_random_fragment(rng, act_dim=2)], env_steps=0)
+    assert bool((plain.model.log_std < math.log(floor)).all())
+    floored = Learner(C.load(None, {**overrides, "model.min_std": floor}), obs_dim=3, act_dim=2, device="cpu")
+    with torch.no_grad():
+        floored.model.log_std[1] = 0.0  # one dimension well above the floor
+    floored.update([_random_fragment(rng, act_dim=2)], env_steps=0)
+    log_std = floored.model.log_std.detach()
+    assert log_std[0].item() == pytest.approx(math.log(floor))
+    assert log_std[1].item() > math.log(floor) and log_std[1].item() != 0.0  # trained, not floored
+    shipped = floored.weights().state["log_std"]
+    np.testing.assert_array_equal(shipped, log_std.numpy())
+    with pytest.raises(C.ConfigError, match="model.min_std"):
+        C.validate(C.load(None, {"model.min_std": -0.1}))
+
+
 def test_value_loss_clipping_by_hand() -> None:
     cfg = PPOConfig(clip_coef=0.2, clip_vloss=True)
     # new value 1.0 moved 1.0 from old 0.0; clipped to 0.2. Return 2.0: (1-2)^2=1, (0.2-2)^2=3.24.
@@ -239,18 +276,13 @@ def test_learner_steers_its_learning_rate_by_kl_and_checkpoints_it() -> None:
     """lr_schedule 'adaptive': each update runs at the rate the previous updates' KL left (the
     stats report the rate used), and a restored learner continues from it. 'linear' and
     'constant' follow env steps only."""
-    from actors.trajectory import Trajectory
     from learner import config as C
     from learner.learner import Learner
 
-    t, b = 8, 4
     rng = np.random.default_rng(5)
 
     def frag(version: int) -> Trajectory:
-        return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
-                          rng.uniform(-1, 1, size=(t, b, 1)).astype(np.float32), np.full((t, b), -1.0, np.float32),
-                          rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
-                          np.zeros((t, b, 3), np.float32), version, 0)
+        return _random_fragment(rng, act_dim=1, version=version)
 
     # A KL target far above anything an update reaches: every update multiplies the rate by 1.5.
     cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.lr": 1e-4,
@@ -363,7 +395,6 @@ def test_evaluate_matches_torch_distributions() -> None:
 def test_non_finite_loss_never_reaches_the_weights() -> None:
     """A batch whose loss overflows (finite but absurd rewards) leaves weights and optimiser
     exactly as they were and raises FloatingPointError for the trainer to count and skip."""
-    from actors.trajectory import Trajectory
     from learner import config as C
     from learner.learner import Learner
 
@@ -435,7 +466,6 @@ def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fra
     """ppo.reward_norm: each env's discounted return runs on across its worker's fragments and
     restarts after an episode ends; rewards are divided by the std of every such return seen so
     far (checked against plain loops), and the statistics survive a checkpoint."""
-    from actors.trajectory import Trajectory
     from learner import config as C
     from learner.learner import Learner
 
