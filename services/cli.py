@@ -392,10 +392,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_options(args.stop_on, args.eval_every, args.eval_episodes)  # before a folder is made
         out = args.out or _new_folder("time-to-walk")
         logging.getLogger("stride").info("run folder %s (if it dies: --out %s --resume)", out, out)
-        r = time_to_walk(cfg, out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
-                         stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                         resume=args.resume)
+        resume_hint = f"resume with: stride bench time-to-walk --out {out} --resume"
+        try:
+            r = time_to_walk(cfg, out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
+                             stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                             resume=args.resume)
+        except KeyboardInterrupt:  # during start-up or the final evaluation: training stops by itself
+            logging.getLogger("stride").warning("stopped early; %s", resume_hint)
+            return 130
         state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"
+        state += " (interrupted)" if r.interrupted else ""
         for pt in r.eval_curve:
             print(f"eval at {pt.wall_seconds:.0f} s, {pt.env_steps:,} env steps: return {pt.eval_return:.1f} "
                   f"+- {pt.eval_return_std:.1f}, length {pt.eval_length:.0f} (training {pt.train_return:.1f})")
@@ -405,6 +411,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
               + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
               + "; ended by " + _counts(r.eval_ended_by)
               + (f"; video {r.video}" if r.video else ""))
+        if r.interrupted:
+            logging.getLogger("stride").warning("stopped early; %s", resume_hint)
+            return 130
         return 0 if r.reached else 1
     if args.bench == "soak":
         from services.soak import print_report, soak

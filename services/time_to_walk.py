@@ -10,6 +10,10 @@ With `eval_every` > 0 the evaluations are recorded (eval_curve.jsonl) whichever 
 run. At the end the latest checkpoint is evaluated again and a video written. Reports wall-clock
 time to the threshold, env steps, and the evaluation.
 
+Ctrl-C (or SIGTERM) stops it after a checkpoint, like `stride train`: the latest checkpoint is
+evaluated (no video, to stop soon) and time_to_walk.json records the partial result with
+`interrupted: true`.
+
 An hour-long experiment that dies (machine restart, OOM, Ctrl-C) resumes from its last checkpoint
 (`resume=True`). The clock then goes on from the time that checkpoint's iteration ended, measured
 from the original start (kept in time_to_walk_clock.json): the work lost after the checkpoint is
@@ -67,6 +71,7 @@ class TimeToWalk:
     video: str | None
     stop_on: str = "train"
     eval_curve: list[EvalPoint] = field(default_factory=list)  # the periodic evaluations, in order
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM before the threshold or the budget: resumable
 
 
 class _StopAtReturn:
@@ -207,16 +212,18 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
         C.save(cfg, run_dir / "config.yaml")  # as `stride train` does: the run can be resumed or evaluated
     stop = _StopAtReturn(trainer, run_dir, threshold, window, stop_on, eval_every, eval_episodes, elapsed, curve)
     trainer.observers.append(stop)
+    interrupted = False
     try:
         trainer.run()
-    except KeyboardInterrupt:
-        if stop.hit is None:
-            raise
+    except KeyboardInterrupt:  # the trainer has written its checkpoint either way
+        interrupted = stop.hit is None  # else it was the stop rule's own request
+    if interrupted:
+        log.warning("interrupted at %.0f s, %d env steps: evaluating the last checkpoint", *stop.last[:2])
     wall, steps, ret = stop.hit or stop.last
-    video_path = run_dir / "walk.mp4" if video else None
+    video_path = run_dir / "walk.mp4" if video and not interrupted else None
     ev = evaluate(run_dir, episodes, video=video_path)
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
                         ev.mean_length, ev.mean_forward_distance, ev.ended_by,
-                        str(video_path) if video_path else None, stop_on, stop.curve)
+                        str(video_path) if video_path else None, stop_on, stop.curve, interrupted)
     (run_dir / "time_to_walk.json").write_text(_json(asdict(result), indent=2) + "\n")
     return result
