@@ -113,9 +113,12 @@ def _parser() -> argparse.ArgumentParser:
                          "so trajectories and weights cross node boundaries (default: no extra nodes)")
     so = bsub.add_parser("soak", help="a long run watching learner/actor memory and the object store")
     so.add_argument("--steps", type=int, default=1_000_000, help="env steps to train for (default 1M)")
-    so.add_argument("--env", default="stride/BipedWalker-v0")
-    so.add_argument("--actors", type=int, default=0, help="rollout actors (default: one per CPU)")
-    so.add_argument("--mode", choices=["sync", "async"], default="sync")
+    so.add_argument("--env", help="env id (default: the config's, else the biped)")
+    so.add_argument("--actors", type=int, help="rollout actors (default: the config's, else one per CPU)")
+    so.add_argument("--mode", choices=["sync", "async"], help="default: the config's, else sync")
+    so.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
+    so.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override a config field, e.g. --set env.envs_per_actor=64 (repeatable)")
     so.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     so.add_argument("--out", type=Path,
                     help="run folder, new (default bench/soak-<date-time>); soak.csv is written there")
@@ -418,9 +421,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "soak":
         from services.soak import print_report, soak
 
-        cfg = C.load(None, {"env.id": args.env, "rollout.actors": args.actors, "train.mode": args.mode,
-                            "train.total_steps": args.steps, "train.address": args.address or "",
-                            "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100})
+        flags = {"env.id": args.env, "rollout.actors": args.actors, "train.mode": args.mode}
+        cfg = C.load(args.config, {**{k: v for k, v in flags.items() if v is not None},
+                                   "train.total_steps": args.steps, "train.address": args.address or "",
+                                   "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100,
+                                   **_set_overrides(args.overrides)})
         C.validate(cfg)
         out = args.out or _new_folder("soak")
         report = soak(cfg, out)

@@ -81,7 +81,9 @@ class _Sampler:
 
 def soak(cfg: C.Config, run_dir: Path, every: int = 10) -> SoakReport:
     sampler = _Sampler(every, cfg.train.total_steps)
-    Trainer(cfg, run_dir, observers=[sampler]).run()
+    trainer = Trainer(cfg, run_dir, observers=[sampler])  # first: it refuses a folder that holds a run
+    C.save(cfg, run_dir / "config.yaml")  # what was soaked; `stride eval` reads the folder with it
+    trainer.run()
     samples = sampler.samples
     if len(samples) < 3:
         raise RuntimeError(f"only {len(samples)} samples: run longer or sample more often")

@@ -36,6 +36,28 @@ def test_bench_scale_rejects_bad_counts(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--actors" in done.stderr
 
 
+def test_soak_takes_a_config_and_overrides(tmp_path: Path) -> None:
+    """`stride bench soak --config F --set ...`: the batch shape under test comes from the flags,
+    the soak's own settings (steps, no video) from the command, and the folder records both."""
+    out = tmp_path / "soak"
+    stride = str(Path(sys.executable).parent / "stride")
+    done = subprocess.run([stride, "bench", "soak", "--config", "configs/pendulum.yaml", "--steps", "3840",
+                           "--actors", "1", "--set", "env.envs_per_actor=4", "--set", "rollout.fragment_length=32",
+                           "--set", "ppo.minibatches=4", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = C.load(out / "config.yaml")
+    assert (saved.env.id, saved.env.envs_per_actor, saved.rollout.fragment_length, saved.rollout.actors) == (
+        "Pendulum-v1", 4, 32, 1)
+    assert saved.ppo.lr == C.load(ROOT / "configs/pendulum.yaml").ppo.lr  # the file's, kept
+    assert saved.train.total_steps == 3840 and not saved.train.video
+    rows = list(csv.DictReader((out / "soak.csv").open()))
+    assert len(rows) == 3 and int(rows[-1]["env_steps"]) == 3840  # every 10 iterations of 128 steps
+    bad = subprocess.run([stride, "bench", "soak", "--set", "env.envs_per_actor=0", "--out", str(tmp_path / "b")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "env.envs_per_actor" in bad.stderr and not (tmp_path / "b").exists()
+
+
 def test_time_to_walk_stops_at_the_threshold_and_reports(tmp_path: Path) -> None:
     """The same command as for the biped, on Pendulum so it finishes in CI: an untrained policy
     scores about -1200; -700 takes a few tens of thousands of steps."""
