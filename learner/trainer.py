@@ -334,11 +334,14 @@ class Trainer:
         pool = self._spawn_workers()
         batches = self._sync_batches(pool) if self.cfg.train.mode == "sync" else self._async_batches(pool)
         last: dict[str, Any] = {}
-        # SIGTERM (e.g. `ray job stop`, a scheduler) stops like Ctrl-C: checkpoint, then exit.
+        # Ctrl-C and SIGTERM (`ray job stop`, a scheduler) finish the current iteration, then
+        # checkpoint and exit. A KeyboardInterrupt raised at an arbitrary point (inside ray.get,
+        # say) could leave Ray's client in a state where shutting the pool down hangs, so the
+        # first signal only sets a flag; a second Ctrl-C raises at once.
         main_thread = threading.current_thread() is threading.main_thread()
-        old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+        old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        for s in old_handlers:
+            signal.signal(s, self._on_signal)
         interrupted = False
         diverged: str | None = None
         try:
@@ -378,8 +381,8 @@ class Trainer:
             log.warning("interrupted: writing a checkpoint before stopping")
         finally:
             self.progress.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for s, handler in old_handlers.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
             batches.close()
             pool.shutdown()
             self.pool = None
@@ -405,7 +408,11 @@ class Trainer:
             log.error("could not write a checkpoint (%s); the last one kept is %s", exc,
                       kept[-1].name if kept else "none")
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self._stop:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if not self._stop:
+            log.warning("stopping after this iteration (a checkpoint follows); Ctrl-C again to stop now")
         self.request_stop()
 
     def request_stop(self) -> None:
