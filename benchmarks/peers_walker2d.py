@@ -16,6 +16,9 @@ to use. Reported per system:
 - the return reached: the mean undiscounted return of the last 20 training episodes that
   finished before the budget ran out (raw env reward, whatever normalisation the system
   trains with).
+With --curve-csv, each run's learning curve goes to a CSV too: the same figure (mean of the last
+20 training episodes finished so far) every --curve-every env steps, one row per system, seed
+and point. RLlib reports only its own windowed mean per iteration, so its points are that mean.
 With several --seeds every system runs once per seed (systems interleaved within each seed, so
 a slow spell of the machine does not land on one system only); the summary gives the mean and
 standard deviation over seeds of both figures.
@@ -27,6 +30,7 @@ minibatch, epochs and lr, one env runner); Stride runs configs/walker2d.yaml.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -54,27 +58,37 @@ def run_stride(budget: int, seed: int, config: str) -> dict:
     # Training time: every iteration, first fragment to last update (Ray start-up and actor
     # creation excluded, as RLlib's build_algo and the others' env/model construction are).
     seconds = sum(r["time_iteration"] for r in recs)
+    episodes = [[r["env_steps"], r["episode_return_mean"], r["episodes"]] for r in recs if r["episodes"]]
     returns: list[float] = []
     for r in reversed(recs):  # the last >= 20 episodes, weighted by how many each record holds
         if r["episodes"]:
             returns = [r["episode_return_mean"]] * r["episodes"] + returns
         if len(returns) >= 20:
             break
-    return {"steps": recs[-1]["env_steps"], "seconds": seconds, "last_returns": returns[-20:]}
+    return {"steps": recs[-1]["env_steps"], "seconds": seconds, "last_returns": returns[-20:], "episodes": episodes}
 
 
 def run_sb3(budget: int, seed: int, config: str) -> dict:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
+
+    episodes: list[list[float]] = []
+
+    class EpisodeLog(BaseCallback):  # the Monitor wrapper's raw return of every finished episode
+        def _on_step(self) -> bool:
+            episodes.extend([self.num_timesteps, float(i["episode"]["r"]), 1] for i in self.locals["infos"]
+                            if "episode" in i)
+            return True
 
     env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=seed))
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
     start = time.perf_counter()
-    model.learn(total_timesteps=budget)
+    model.learn(total_timesteps=budget, callback=EpisodeLog())
     seconds = time.perf_counter() - start
     return {"steps": int(model.num_timesteps), "seconds": seconds,
-            "last_returns": [float(e["r"]) for e in list(model.ep_info_buffer)[-20:]]}
+            "last_returns": [float(e["r"]) for e in list(model.ep_info_buffer)[-20:]], "episodes": episodes}
 
 
 def run_rllib(budget: int, seed: int, config: str) -> dict:
@@ -93,14 +107,17 @@ def run_rllib(budget: int, seed: int, config: str) -> dict:
     algo = config.build_algo()
     start = time.perf_counter()
     steps, ret = 0, float("nan")
+    episodes: list[list[float]] = []
     while steps < budget:
         result = algo.train()
         steps = int(result["num_env_steps_sampled_lifetime"])
         ret = float(result["env_runners"].get("episode_return_mean", float("nan")))
+        if ret == ret:  # not NaN: some episode has finished
+            episodes.append([steps, ret, 1])
     seconds = time.perf_counter() - start
     algo.stop()
     ray.shutdown()
-    return {"steps": steps, "seconds": seconds, "last_returns": [ret]}
+    return {"steps": steps, "seconds": seconds, "last_returns": [ret], "episodes": episodes}
 
 
 def run_cleanrl(budget: int, seed: int, config: str) -> dict:
@@ -113,6 +130,27 @@ def run_cleanrl(budget: int, seed: int, config: str) -> dict:
 RUNNERS = {"stride": run_stride, "sb3": run_sb3, "rllib": run_rllib, "cleanrl": run_cleanrl}
 
 
+def learning_curve(episodes: list[list[float]], every: int, budget: int, window: int = 20) -> list[tuple[int, float]]:
+    """The mean return of the last `window` episodes finished by each multiple of `every` env steps.
+
+    episodes: [step, mean_return, count] in order of step: `count` episodes that finished by `step`
+    with that mean return (one episode per entry for SB3 and the CleanRL-style script; one entry per
+    iteration for Stride, whose records hold a mean and a count). Points before any episode has
+    finished are left out.
+    """
+    points = []
+    for step in range(every, budget + 1, every):
+        done = [e for e in episodes if e[0] <= step]
+        returns: list[float] = []
+        for _, mean, count in reversed(done):
+            returns = [mean] * int(count) + returns
+            if len(returns) >= window:
+                break
+        if returns:
+            points.append((step, statistics.mean(returns[-window:])))
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=100_000)
@@ -122,6 +160,8 @@ def main() -> None:
                         help="Stride's config file (the peers' settings are fixed)")
     parser.add_argument("--rllib-python", default=sys.executable,
                         help="the interpreter RLlib runs under (a virtualenv of its own: see above)")
+    parser.add_argument("--curve-csv", help="also write every run's learning curve to this CSV file")
+    parser.add_argument("--curve-every", type=int, default=50_000, help="env steps between learning-curve points")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,6 +171,7 @@ def main() -> None:
     names = args.only.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
+    curve_rows: list[tuple[str, int, int, float]] = []
     print(f"{ENV}, budget {args.budget:,} env steps; {platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     print(f"{'system':<8} {'seed':>5} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20}")
@@ -149,7 +190,15 @@ def main() -> None:
             row = (name, seed, r["steps"], r["seconds"], r["steps"] / r["seconds"],
                    sum(rets) / len(rets) if rets else float("nan"))
             rows.append(row)
+            curve_rows += [(name, seed, step, ret) for step, ret in
+                           learning_curve(r.get("episodes", []), args.curve_every, args.budget)]
             print(f"{name:<8} {seed:>5} {row[2]:>10,} {row[3]:>8.1f} {row[4]:>12,.0f} {row[5]:>20.1f}", flush=True)
+    if args.curve_csv:
+        with open(args.curve_csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["system", "seed", "env_steps", "return_last20"])
+            writer.writerows((n, s, st, f"{ret:.1f}") for n, s, st, ret in curve_rows)
+        print(f"learning curves: {args.curve_csv}")
     print(f"\nover {len(seeds)} seed(s): mean +- standard deviation")
     print(f"{'system':<8} {'runs':>5} {'env steps/s':>18} {'return (last 20 ep)':>24}")
     summary = {}

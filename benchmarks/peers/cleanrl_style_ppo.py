@@ -71,6 +71,7 @@ def train(env_id: str, total_steps: int, seed: int = 1) -> dict:
     act_buf = torch.zeros(num_steps, 1, act_dim)
     logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(num_steps, 1) for _ in range(4))
     returns_seen: list[float] = []
+    episodes: list[list[float]] = []  # [env steps when it finished, return, 1]
     start = time.perf_counter()
     next_obs = torch.tensor(envs.reset(seed=seed)[0], dtype=torch.float32)
     next_done = torch.zeros(1)
@@ -91,6 +92,7 @@ def train(env_id: str, total_steps: int, seed: int = 1) -> dict:
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     returns_seen.append(float(info["episode"]["r"][i]))
+                    episodes.append([steps, returns_seen[-1], 1])
         with torch.no_grad():
             next_v = agent.act(next_obs)[3]
             adv = torch.zeros_like(rew_buf)
@@ -120,7 +122,8 @@ def train(env_id: str, total_steps: int, seed: int = 1) -> dict:
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), max_grad)
                 opt.step()
-    return {"steps": steps, "seconds": time.perf_counter() - start, "last_returns": returns_seen[-20:]}
+    return {"steps": steps, "seconds": time.perf_counter() - start, "last_returns": returns_seen[-20:],
+            "episodes": episodes}
 
 
 if __name__ == "__main__":
