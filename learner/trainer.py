@@ -205,6 +205,7 @@ class Trainer:
         self.external = external
         self.last_checkpoint_time = time.time()
         self._stop = False
+        self._ctrl_c = 0  # SIGINTs during `run`: the second stops at once
         self._bad_updates = 0  # non-finite losses in a row
         checkpoint.remove_partial(self.ckpt_dir)
 
@@ -338,6 +339,7 @@ class Trainer:
         # checkpoint and exit. A KeyboardInterrupt raised at an arbitrary point (inside ray.get,
         # say) could leave Ray's client in a state where shutting the pool down hangs, so the
         # first signal only sets a flag; a second Ctrl-C raises at once.
+        self._ctrl_c = 0
         main_thread = threading.current_thread() is threading.main_thread()
         old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         for s in old_handlers:
@@ -409,10 +411,16 @@ class Trainer:
                       kept[-1].name if kept else "none")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self._stop:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        if not self._stop:
-            log.warning("stopping after this iteration (a checkpoint follows); Ctrl-C again to stop now")
+        # Counts Ctrl-C alone: a stop already asked for by SIGTERM or by an observer (time-to-walk's
+        # threshold) still gets its iteration finished and checkpointed after one Ctrl-C.
+        if signum == signal.SIGINT:
+            self._ctrl_c += 1
+            if self._ctrl_c > 1:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            log.warning("%s after this iteration (a checkpoint follows); Ctrl-C again to stop now",
+                        "already stopping" if self._stop else "stopping")
+        elif not self._stop:
+            log.warning("stopping after this iteration (a checkpoint follows)")
         self.request_stop()
 
     def request_stop(self) -> None:

@@ -91,3 +91,26 @@ def test_time_to_walk_stops_with_its_partial_result(tmp_path: Path) -> None:
     assert newest_checkpoint_iteration(out) == recs[-1]["iteration"]
     assert result["eval_curve"] == [json.loads(x) for x in curve.read_text().splitlines()]
     assert len(result["eval_curve"]) >= 2 and not (out / "walk.mp4").exists()
+
+
+@pytest.mark.parametrize("first", ["sigterm", "threshold"])
+def test_one_ctrl_c_after_another_stop_request_still_waits_for_the_checkpoint(tmp_path: Path, first: str) -> None:
+    """The handler `Trainer.run` installs, called as the signal would call it: a stop already
+    asked for (by SIGTERM, or by time-to-walk's threshold) does not turn the user's first Ctrl-C
+    into "stop now"; only a second Ctrl-C raises."""
+    import ray
+
+    from learner.trainer import Trainer
+    from tests.chaos.helpers import small_config
+
+    trainer = Trainer(small_config(), tmp_path)
+    if first == "sigterm":
+        trainer._on_signal(signal.SIGTERM, None)
+        trainer._on_signal(signal.SIGTERM, None)  # repeated SIGTERMs never raise
+    else:
+        trainer.request_stop()
+    assert trainer._stop
+    trainer._on_signal(signal.SIGINT, None)  # the first Ctrl-C: the iteration still finishes
+    with pytest.raises(KeyboardInterrupt):
+        trainer._on_signal(signal.SIGINT, None)
+    assert not ray.is_initialized()
