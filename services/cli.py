@@ -16,6 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Stride only forks to exec (Ray's processes, ffmpeg), the case for which gRPC's fork-support notes
+# say to turn its fork handlers off: with them on, a fork while gRPC's threads run (the experience
+# server's, say) can abort the child before it execs. Read when gRPC starts, so set before.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 # Flag -> dotted config field. Flags left unset do not override the config file.
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "env": ("env.id", str),
@@ -268,10 +273,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             server = serve(metrics.registry, cfg.train.metrics_port, cfg.train.metrics_host)
             log.info("metrics on http://%s:%d/metrics", cfg.train.metrics_host, cfg.train.metrics_port)
         if hub is not None:
+            from learner.trainer import start_ray
             from services.metrics import RpcMetrics
             from services.rpc import experience_service as es
             from services.rpc.server import Server
 
+            # Ray first: ray.init forks its raylet, GCS and dashboard, and a fork while the gRPC
+            # server's threads run can abort the child (seen: the dashboard died with SIGABRT and
+            # the raylet never registered).
+            start_ray(cfg)
             experience = Server(es.register(es.ExperienceServicer(hub)), cfg.train.experience_host,
                                 cfg.train.experience_port, _security(args), RpcMetrics(metrics.registry))
             log.info("ExperienceService on %s", experience.address)

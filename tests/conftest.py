@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 
-import ray
+# Before anything imports gRPC: the suite runs gRPC servers and starts Ray in one process, and
+# ray.init forks its raylet; with gRPC's fork handlers on, that child can abort before it execs
+# (seen: "The current node timed out during startup"). As services/cli.py does for `stride`.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import ray  # noqa: E402
 
 # What the tests' Ray clusters hold at most in their object stores: the largest object they put is
 # a few MiB (weights, fragments). Ray's default is 30% of the machine's memory, backed by a file

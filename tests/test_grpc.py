@@ -360,9 +360,11 @@ def test_remote_actor_process_feeds_a_real_training_run(tmp_path: Path) -> None:
                         "train.mode": "async", "train.max_policy_lag": 3, "train.fragments_per_update": 2,
                         "train.total_steps": 150 * 128, "train.video": False, "train.checkpoint_every": 1000})
     C.validate(cfg)
+    # Ray before the gRPC server, as `stride train --experience-port` does: ray.init forks, and a
+    # fork while gRPC's threads run can abort the child (the raylet then never registers).
+    start_local_ray(num_cpus=1)
     hub = es.ExperienceHub(3, 1, max_lag=3)
     server = Server(es.register(es.ExperienceServicer(hub)))
-    start_local_ray(num_cpus=1)
     trainer = Trainer(cfg, tmp_path, external=hub)
     thread = threading.Thread(target=trainer.run, daemon=True)
     thread.start()
