@@ -1,6 +1,6 @@
 """The numbers behind docs/scaling.md's model of Stride at 1,000 actors.
 
-    python benchmarks/cost_model.py [--learner-batch 32768] [--repeats 5]
+    python benchmarks/cost_model.py [--learner-batch 32768] [--repeats 5] [--set ppo.target_kl=0 ...]
 
 Measures, on this machine (median of --repeats):
   1. bytes per env step of a biped fragment (B=16, T=128), as arrays and as Ray serialises it;
@@ -51,8 +51,8 @@ def remote_fragment(seed: int) -> Trajectory:
     return biped_fragment(seed)[0]
 
 
-def learner_seconds_per_sample(device: str, batch: int, repeats: int) -> float:
-    cfg = C.load(None)
+def learner_seconds_per_sample(device: str, batch: int, repeats: int, overrides: dict[str, str]) -> float:
+    cfg = C.load(None, overrides)
     learner = Learner(cfg, 31, 6, device)
     frag, _ = biped_fragment()
     frags = [frag] * (batch // (T * B))
@@ -93,7 +93,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--fragments", type=int, default=24, help="fragments per cross-node fetch")
     ap.add_argument("--actors", type=int, default=1000, help="N for the model")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config override for the learner timing, e.g. ppo.target_kl=0 (every epoch runs)")
     args = ap.parse_args()
+    overrides = dict(o.split("=", 1) for o in args.overrides)
 
     frag, actor_rate = biped_fragment()
     arrays = sum(getattr(frag, k).nbytes for k in ("obs", "actions", "logp", "rewards", "terminated", "truncated",
@@ -102,11 +105,14 @@ def main() -> None:
     wire = len(pickle.dumps(frag, protocol=5)) / frag.num_steps
     weights = Learner(C.load(None), 31, 6, "cpu").weights().nbytes
     mb_s, frags_s = cross_node_fetch(args.fragments, args.repeats)
-    cpu = learner_seconds_per_sample("cpu", args.learner_batch, args.repeats)
-    gpu = learner_seconds_per_sample("cuda", args.learner_batch, args.repeats) if torch.cuda.is_available() else None
+    cpu = learner_seconds_per_sample("cpu", args.learner_batch, args.repeats, overrides)
+    gpu = (learner_seconds_per_sample("cuda", args.learner_batch, args.repeats, overrides)
+           if torch.cuda.is_available() else None)
 
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, ray {ray.__version__}, cuda {torch.cuda.is_available()}")
+          f"torch {torch.__version__}, ray {ray.__version__}, cuda {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
+          + (f", overrides {overrides}" if overrides else ""))
     print(f"{'quantity':<52} {'value':>14}")
     print(f"{'fragment bytes per env step (arrays)':<52} {per_step:>14.0f}")
     print(f"{'fragment bytes per env step (serialised)':<52} {wire:>14.0f}")

@@ -7,7 +7,9 @@ Walker2d (17 obs, 64x64, 2,048 samples, 10 epochs x 32 minibatches of 64) and th
 (31 obs, 128x128, 4,096 samples, 5 epochs x 8 minibatches of 512). Variants, interleaved
 repeat by repeat so that machine noise hits them alike:
   per-layer  torch.optim.Adam over each layer's tensors (torch's default), nn.Tanh  (the old learner)
-  flat       one flat parameter buffer, fused Adam, the sigmoid-based Tanh   (the learner now)
+  flat       one flat parameter buffer, fused Adam, the sigmoid-based Tanh   (the learner on a CPU)
+  graph      flat, with each minibatch's forward, loss and backward replayed as a CUDA graph
+             (learner/cuda_graph.py; CUDA only: the learner on a GPU)
 Medians of --repeats.
 """
 
@@ -24,6 +26,7 @@ from torch import nn
 
 from actors.policy import ActorCritic, Tanh
 from learner.config import PPOConfig
+from learner.cuda_graph import GraphCache
 from learner.learner import flatten_parameters
 from learner.ppo import Batch, ppo_update
 
@@ -33,9 +36,11 @@ SHAPES = {
 }
 
 
-def build(shape: dict, variant: str, device: str) -> tuple[ActorCritic, torch.optim.Optimizer, Batch, PPOConfig]:
+def build(shape: dict, variant: str, device: str
+          ) -> tuple[ActorCritic, torch.optim.Optimizer, Batch, PPOConfig, GraphCache | None]:
     torch.manual_seed(0)
     model = ActorCritic(shape["obs_dim"], 6, shape["hidden"]).to(device)
+    flat = None
     if variant == "per-layer":
         for net in (model.pi, model.v):
             for i, layer in enumerate(net):
@@ -43,7 +48,8 @@ def build(shape: dict, variant: str, device: str) -> tuple[ActorCritic, torch.op
                     net[i] = nn.Tanh()
         opt = torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-5)
     else:
-        opt = torch.optim.Adam([flatten_parameters(model)], lr=3e-4, eps=1e-5, fused=True)
+        flat = flatten_parameters(model)
+        opt = torch.optim.Adam([flat], lr=3e-4, eps=1e-5, fused=True)
     n = shape["n"]
     obs = torch.randn(n, shape["obs_dim"], device=device)
     actions = torch.randn(n, 6, device=device)
@@ -51,7 +57,10 @@ def build(shape: dict, variant: str, device: str) -> tuple[ActorCritic, torch.op
         logp, _, values = model.evaluate(obs, actions)
     batch = Batch(obs, actions, logp, torch.randn(n, device=device), values + torch.randn(n, device=device), values,
                   torch.ones(n, device=device))
-    return model, opt, batch, PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"])
+    cfg = PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"])
+    graphs = GraphCache(model, flat.grad, cfg) if variant == "graph" and flat is not None and flat.grad is not None \
+        else None
+    return model, opt, batch, cfg, graphs
 
 
 def main() -> None:
@@ -61,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    variants = ("per-layer", "flat")
+    variants = ("per-layer", "flat", "graph") if args.device.startswith("cuda") else ("per-layer", "flat")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'shape':>9} {'variant':>10} {'update ms':>10} {'ms/step':>8} {'us/sample':>10} {'speed-up':>9}")
@@ -71,11 +80,11 @@ def main() -> None:
         times: dict[str, list[float]] = {v: [] for v in variants}
         for rep in range(args.repeats + 1):
             for v in variants:
-                model, opt, batch, cfg = built[v]
+                model, opt, batch, cfg, graphs = built[v]
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                ppo_update(model, opt, batch, cfg, 1.0, gen[v])  # ends in a host read: synchronised
+                ppo_update(model, opt, batch, cfg, 1.0, gen[v], graphs)  # ends in a host read: synchronised
                 if rep:  # the first round warms up
                     times[v].append(time.perf_counter() - start)
         base = statistics.median(times["per-layer"])

@@ -151,6 +151,10 @@ class TrainConfig:
     """Seed for the learner and (derived) for every actor's envs."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+    cuda_graphs: bool = True
+    """On a CUDA learner, replay each PPO minibatch's forward, loss and backward as one captured
+    CUDA graph (learner/cuda_graph.py): the small nets' steps are bound by kernel launches, not
+    arithmetic. Same results as the eager path; ignored on the CPU."""
     torch_threads: int = 0
     """CPU threads for the learner's torch ops. 0 (auto): on a CPU learner with an embedded local
     Ray, the cores the actors leave free (at least 1), so the update does not steal the actors'

@@ -16,6 +16,7 @@ import torch
 from actors.policy import ActorCritic
 from actors.trajectory import Trajectory, Weights
 from learner.config import Config, learner_threads
+from learner.cuda_graph import GraphCache
 from learner.gae import compute_gae
 from learner.normalizer import RunningMeanStd
 from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, explained_variance, ppo_update
@@ -103,6 +104,9 @@ class Learner:
         # on a 64x64 net's 64-sample minibatches on the CPU; the usual win on CUDA).
         self.flat_params = flatten_parameters(self.model)
         self.optimizer = torch.optim.Adam([self.flat_params], lr=cfg.ppo.lr, eps=1e-5, fused=True)
+        assert self.flat_params.grad is not None  # the flat gradient buffer autograd adds into
+        self.graphs = (GraphCache(self.model, self.flat_params.grad, cfg.ppo)
+                       if self.device.type == "cuda" and cfg.train.cuda_graphs else None)
         self.normalizer = RunningMeanStd(obs_dim)
         self.return_stats = RunningMeanStd(1)  # of discounted returns, for ppo.reward_norm
         self.return_acc: dict[int, np.ndarray] = {}  # worker id -> running discounted return [B]
@@ -196,7 +200,7 @@ class Learner:
         # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
         try:
-            stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator)
+            stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator, self.graphs)
         except FloatingPointError:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from actors.policy import ActorCritic
 from learner.config import PPOConfig
+
+if TYPE_CHECKING:
+    from learner.cuda_graph import GraphCache
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def ppo_loss(
     returns: torch.Tensor,
     entropy: torch.Tensor,
     cfg: PPOConfig,
-    beta: float = 0.0,
+    beta: float | torch.Tensor = 0.0,
     weights: torch.Tensor | None = None,
 ) -> LossOut:
     """PPO loss for one minibatch; every tensor argument is [M].
@@ -134,8 +138,12 @@ def ppo_update(
     cfg: PPOConfig,
     beta: float,
     generator: torch.Generator,
+    graphs: GraphCache | None = None,
 ) -> dict[str, float]:
     """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics.
+
+    With `graphs` (CUDA only), each minibatch's forward, loss and backward are one CUDA graph
+    replay (learner/cuda_graph.py); the arithmetic is the same as the eager path's.
 
     Stops early if cfg.target_kl > 0 and the KL passes it. Raises
     FloatingPointError (and leaves the weights as they were at the last good step) if a loss
@@ -156,16 +164,19 @@ def ppo_update(
         kl_before = sums[_KL].clone()  # this epoch's mean KL is derived from the running sum
         for k in range(cfg.minibatches):
             mb = shuffled.slice(k * size, (k + 1) * size)
-            adv = mb.advantages
-            if cfg.norm_adv and len(adv) > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
-            out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta, mb.weights)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"non-finite PPO loss {out.loss.item()} (policy {out.policy_loss.item()}, "
-                                         f"value {out.value_loss.item()})")
-            optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached
-            out.loss.backward()
+            if graphs is not None:  # forward, loss and backward in one replay; checked before the step
+                out = graphs.get(size).run(mb, beta)
+                _check_finite(out)
+            else:
+                adv = mb.advantages
+                if cfg.norm_adv and len(adv) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
+                out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta,
+                               mb.weights)
+                _check_finite(out)
+                optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached
+                out.loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
             with torch.no_grad():
@@ -176,6 +187,13 @@ def ppo_update(
             break
     means = (sums / count).tolist()
     return dict(zip(_STAT_NAMES, means, strict=True))
+
+
+def _check_finite(out: LossOut) -> None:
+    """Raise FloatingPointError before a non-finite loss can reach the weights (one host read)."""
+    if not torch.isfinite(out.loss):
+        raise FloatingPointError(f"non-finite PPO loss {out.loss.item()} (policy {out.policy_loss.item()}, "
+                                 f"value {out.value_loss.item()})")
 
 
 _STAT_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")

@@ -17,6 +17,7 @@ Frames and conventions (also in docs/biped.md):
 
 from __future__ import annotations
 
+import ctypes.util
 import functools
 import math
 import os
@@ -30,7 +31,11 @@ import numpy as np
 if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     # Headless Linux: EGL (Mesa's software renderer when there is no GPU) is the backend that
     # works; MuJoCo's default (GLFW) needs a display. Must be set before mujoco is imported.
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    # Only where libEGL exists: with MUJOCO_GL=egl and no libEGL, `import mujoco` itself fails
+    # (PyOpenGL raises AttributeError, which MuJoCo does not catch), so simulation would fail too;
+    # without it, only rendering (videos) is unavailable, and that is reported where it is used.
+    if ctypes.util.find_library("EGL"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
 
 import mujoco  # noqa: E402
 
