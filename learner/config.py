@@ -81,6 +81,11 @@ class PPOConfig:
     """Value loss weight."""
     ent_coef: float = 0.005
     """Entropy bonus weight (0.005 kept the biped's policy from collapsing early: docs/benchmarks.md)."""
+    ent_decay_steps: int = 0
+    """Lower the entropy bonus linearly from ent_coef to 0 over this many env steps, then keep it
+    at 0 (0: a constant bonus). Counted in env steps, not total_steps, so it also applies to
+    `stride bench time-to-walk`, which has no step limit. With the constant bonus the biped's
+    entropy stops falling near -3.5 after ~20 minutes; see docs/benchmarks.md, session 18."""
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
     norm_adv: bool = True
@@ -328,6 +333,7 @@ def validate(cfg: Config) -> None:
            f"must be 'linear', 'constant' or 'adaptive', got {p.lr_schedule!r}")
     _check(p.lr_kl_target > 0, "ppo.lr_kl_target", f"must be > 0, got {p.lr_kl_target}")
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
+    _check(p.ent_decay_steps >= 0, "ppo.ent_decay_steps", f"must be >= 0, got {p.ent_decay_steps}")
     for name in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm", "kl_target", "kl_beta", "target_kl"):
         _check(getattr(p, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(p, name)}")
     _check(p.max_is_weight == 0 or p.max_is_weight >= 1, "ppo.max_is_weight",

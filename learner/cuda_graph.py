@@ -12,7 +12,8 @@ What the graph reads and writes must keep its memory: the minibatch is copied in
 tensors before each replay, the loss terms land in static outputs, the gradients in the flat
 gradient buffer (`learner.flatten_parameters`) that autograd adds into in place, and the
 parameters and normaliser buffers are updated in place by the optimiser and `load_state_dict`.
-`beta` (the KL penalty's coefficient, which changes between updates) is a device scalar.
+`beta` (the KL penalty's coefficient) and the entropy bonus weight, which change between
+updates, are device scalars.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuBLAS handles, 
 
 
 class GraphedLossAndGrad:
-    """`run(mb, beta)`: the loss terms of minibatch `mb` ([M] rows, M fixed at construction),
+    """`run(mb, beta, ent_coef)`: the loss terms of minibatch `mb` ([M] rows, M fixed at construction),
     with the gradient of the total loss left in `grad` (zeroed first: not accumulated)."""
 
     def __init__(self, model: ActorCritic, grad: torch.Tensor, size: int, cfg: PPOConfig) -> None:
@@ -42,6 +43,7 @@ class GraphedLossAndGrad:
             weights=torch.ones(size, device=device),
         )
         self.beta = torch.zeros((), device=device)
+        self.ent_coef = torch.full((), cfg.ent_coef, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -60,14 +62,15 @@ class GraphedLossAndGrad:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         new_logp, entropy, new_values = self.model.evaluate(mb.obs, mb.actions)
         out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, self.cfg,
-                       self.beta, mb.weights)
+                       self.beta, mb.weights, self.ent_coef)
         out.loss.backward()
         return out
 
-    def run(self, mb: Batch, beta: float) -> LossOut:
+    def run(self, mb: Batch, beta: float, ent_coef: float) -> LossOut:
         for name in _FIELDS:
             getattr(self.inputs, name).copy_(getattr(mb, name))
         self.beta.fill_(beta)
+        self.ent_coef.fill_(ent_coef)
         self.graph.replay()
         return self.out
 

@@ -19,7 +19,7 @@ from learner.config import Config, learner_threads
 from learner.cuda_graph import GraphCache
 from learner.gae import compute_gae
 from learner.normalizer import RunningMeanStd
-from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, explained_variance, ppo_update
+from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_update
 
 
 def stack_fragments(fragments: list[Trajectory]) -> dict[str, np.ndarray]:
@@ -199,8 +199,10 @@ class Learner:
         )
         # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        ent_coef = entropy_coef(self.cfg.ppo, env_steps)
         try:
-            stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator, self.graphs)
+            stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator, self.graphs,
+                               ent_coef)
         except FloatingPointError:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
@@ -221,7 +223,7 @@ class Learner:
             torch.cuda.synchronize(dev)
         t2 = time.perf_counter()
         stats.update(
-            explained_variance=ev, lr=lr, kl_beta=beta_used, batch_size=float(T * B),
+            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(T * B),
             reward_multiplier=reward_multiplier, **is_stats,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),

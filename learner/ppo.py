@@ -63,6 +63,7 @@ def ppo_loss(
     cfg: PPOConfig,
     beta: float | torch.Tensor = 0.0,
     weights: torch.Tensor | None = None,
+    ent_coef: float | torch.Tensor | None = None,
 ) -> LossOut:
     """PPO loss for one minibatch; every tensor argument is [M].
 
@@ -75,6 +76,7 @@ def ppo_loss(
     al. 2021, "Batch size-invariance for policy optimization"), whose gradient equals PPO's
     against the behaviour policy while the clip and the KL stay centred on the policy being
     updated. Advantages are used as given (normalise them before calling when cfg.norm_adv).
+    `ent_coef` (default cfg.ent_coef) is the bonus weight for this update (ppo.ent_decay_steps).
     """
     log_ratio = new_logp - old_logp
     ratio = log_ratio.exp()
@@ -95,8 +97,16 @@ def ppo_loss(
     else:
         value_loss = 0.5 * ((new_values - returns) ** 2).mean()
     ent = entropy.mean()
-    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * ent
+    loss = policy_loss + cfg.vf_coef * value_loss - (cfg.ent_coef if ent_coef is None else ent_coef) * ent
     return LossOut(loss, policy_loss, value_loss, ent, approx_kl, clipfrac)
+
+
+def entropy_coef(cfg: PPOConfig, env_steps: int) -> float:
+    """The entropy bonus weight after `env_steps` env steps: cfg.ent_coef, lowered linearly to 0
+    over cfg.ent_decay_steps when that is > 0."""
+    if cfg.ent_decay_steps <= 0:
+        return cfg.ent_coef
+    return cfg.ent_coef * max(0.0, 1.0 - env_steps / cfg.ent_decay_steps)
 
 
 def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
@@ -139,11 +149,13 @@ def ppo_update(
     beta: float,
     generator: torch.Generator,
     graphs: GraphCache | None = None,
+    ent_coef: float | None = None,
 ) -> dict[str, float]:
     """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics.
 
     With `graphs` (CUDA only), each minibatch's forward, loss and backward are one CUDA graph
     replay (learner/cuda_graph.py); the arithmetic is the same as the eager path's.
+    `ent_coef` (default cfg.ent_coef) is this update's entropy bonus weight.
 
     Stops early if cfg.target_kl > 0 and the KL passes it. Raises
     FloatingPointError (and leaves the weights as they were at the last good step) if a loss
@@ -165,7 +177,7 @@ def ppo_update(
         for k in range(cfg.minibatches):
             mb = shuffled.slice(k * size, (k + 1) * size)
             if graphs is not None:  # forward, loss and backward in one replay; checked before the step
-                out = graphs.get(size).run(mb, beta)
+                out = graphs.get(size).run(mb, beta, cfg.ent_coef if ent_coef is None else ent_coef)
                 _check_finite(out)
             else:
                 adv = mb.advantages
@@ -173,7 +185,7 @@ def ppo_update(
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
                 out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta,
-                               mb.weights)
+                               mb.weights, ent_coef)
                 _check_finite(out)
                 optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached
                 out.loss.backward()

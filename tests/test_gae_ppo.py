@@ -14,7 +14,7 @@ from learner.config import PPOConfig
 from learner.gae import compute_gae
 from learner.learner import values_and_bootstrap
 from learner.normalizer import RunningMeanStd
-from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, explained_variance, ppo_loss, ppo_update
+from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_loss, ppo_update
 
 
 def reference_gae(r, v, nv, term, trunc, gamma, lam):
@@ -259,6 +259,37 @@ def test_penalty_loss_and_beta_adaptation() -> None:
     assert adapt_beta(1.0, kl=0.001, kl_target=0.01) == 0.5
     assert adapt_beta(1.0, kl=0.01, kl_target=0.01) == 1.0
     assert adapt_beta(1.0, kl=0.0149, kl_target=0.01) == 1.0
+
+
+def test_entropy_bonus_decays_linearly_to_zero_over_ent_decay_steps() -> None:
+    """ent_coef x max(0, 1 - steps / ent_decay_steps), worked out by hand; 0 keeps it constant."""
+    cfg = PPOConfig(ent_coef=0.01, ent_decay_steps=1000)
+    got = [entropy_coef(cfg, s) for s in (0, 250, 500, 999, 1000, 5000)]
+    assert got == pytest.approx([0.01, 0.0075, 0.005, 0.00001, 0.0, 0.0])
+    assert entropy_coef(PPOConfig(ent_coef=0.01), 10**9) == 0.01
+    # The loss uses the weight it is given: total = policy + vf_coef * value - ent_coef * entropy.
+    ent = torch.tensor([1.5, 2.5], dtype=torch.float64)  # mean 2
+    z, adv = torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64)
+    ret = torch.tensor([1.0, 3.0], dtype=torch.float64)  # value loss 0.5 * mean(1, 9) = 2.5
+    for given, weight in ((None, 0.01), (0.004, 0.004), (0.0, 0.0)):
+        out = ppo_loss(z, z, adv, z, z, ret, ent, cfg, ent_coef=given)
+        assert out.policy_loss.item() == 0.0 and out.value_loss.item() == pytest.approx(2.5)
+        assert out.loss.item() == pytest.approx(0.5 * 2.5 - weight * 2.0)
+
+
+def test_learner_lowers_the_entropy_bonus_with_env_steps() -> None:
+    """The learner's update reports the bonus weight it used, from the env steps it is given, so
+    a resumed run (which restores the step counter) picks the schedule up where it was."""
+    from learner import config as C
+    from learner.learner import Learner
+
+    rng = np.random.default_rng(6)
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.ent_coef": 0.02,
+                        "ppo.ent_decay_steps": 400})
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    used = [learner.update([_random_fragment(rng, 1, learner.version)], env_steps=s)["ent_coef"]
+            for s in (0, 100, 300, 400, 800)]
+    assert used == pytest.approx([0.02, 0.015, 0.005, 0.0, 0.0])
 
 
 def test_adaptive_learning_rate_rule() -> None:

@@ -72,16 +72,19 @@ def test_cuda_update_matches_the_cpu_update() -> None:
 @pytest.mark.parametrize("loss", ["clip", "penalty"])
 def test_cuda_graph_updates_match_eager_updates(loss: str) -> None:
     """The captured forward/loss/backward gives the eager path's updates: over five updates with
-    batches of two and three fragments (two minibatch sizes, so two graphs) and, for the penalty
-    loss, a beta that changes between updates (a device scalar the graph reads)."""
-    eager = _learner("cuda", **{"train.cuda_graphs": False, "ppo.loss": loss})
-    graphed = _learner("cuda", **{"ppo.loss": loss})
+    batches of two and three fragments (two minibatch sizes, so two graphs), an entropy bonus
+    that decays over them and, for the penalty loss, a beta that changes between updates (device
+    scalars the graph reads)."""
+    # The entropy bonus falls from 0.005 to 0 over the five updates: another device scalar.
+    eager = _learner("cuda", **{"train.cuda_graphs": False, "ppo.loss": loss, "ppo.ent_decay_steps": 2048})
+    graphed = _learner("cuda", **{"ppo.loss": loss, "ppo.ent_decay_steps": 2048})
     assert eager.graphs is None and graphed.graphs is not None
     rng = np.random.default_rng(2)
     for version in range(5):
         frags = _fragments(rng, version, n=2 + version % 2)
         s_eager = eager.update(frags, env_steps=version * 512)
         s_graph = graphed.update(frags, env_steps=version * 512)
+        assert s_graph["ent_coef"] == s_eager["ent_coef"] == pytest.approx(0.005 * (1 - version / 4))
         for key in ("loss", "policy_loss", "value_loss", "approx_kl", "clipfrac", "grad_norm", "kl_beta"):
             assert s_graph[key] == pytest.approx(s_eager[key], rel=1e-4, abs=1e-5), (version, key)
     assert sorted(graphed.graphs.graphs) == [512 // 4, 768 // 4]

@@ -277,6 +277,8 @@ CASES: list[Case] = [
     Case("is-weight-cap", "config", "`ppo.max_is_weight: 0.5`",
          "ppo.max_is_weight: must be 0 (no cap) or >= 1, got 0.5",
          config_error({"ppo.max_is_weight": 0.5})),
+    Case("ent-decay", "config", "`ppo.ent_decay_steps: -1`", "ppo.ent_decay_steps: must be >= 0, got -1",
+         config_error({"ppo.ent_decay_steps": -1})),
     Case("min-std", "config", "`model.min_std: -0.1`",
          "model.min_std: must be 0 (no floor) or a finite std > 0, got -0.1",
          config_error({"model.min_std": -0.1})),
