@@ -75,6 +75,7 @@ class StrideMetrics:
                                         "1 - Var[returns - values] / Var[returns]").labels(*ids)
         self.learning_rate = gauge("stride_learning_rate", "Learning rate of the last update").labels(*ids)
         self.kl_beta = gauge("stride_kl_beta", "KL penalty coefficient beta (penalty loss)").labels(*ids)
+        self.ent_coef = gauge("stride_entropy_coef", "Entropy bonus weight of the last update").labels(*ids)
         self.policy_version = gauge("stride_policy_version", "Version of the learner's weights").labels(*ids)
         self.policy_lag = gauge("stride_policy_lag", "Mean versions between behaviour and learner policy").labels(*ids)
         self.stale_fraction = gauge("stride_stale_sample_fraction",
@@ -155,6 +156,7 @@ class StrideMetrics:
             self.explained_variance.set(rec["explained_variance"])
         self.learning_rate.set(rec["lr"])
         self.kl_beta.set(rec["kl_beta"])
+        self.ent_coef.set(rec["ent_coef"])
         self.policy_version.set(rec["policy_version"] + 1)
         self.policy_lag.set(rec["policy_lag_mean"])
         self.stale_fraction.set(rec["stale_fraction"])

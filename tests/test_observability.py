@@ -142,6 +142,7 @@ def test_exported_values_agree_with_metrics_jsonl(observed_run) -> None:
     pairs = {
         "stride_approx_kl": "approx_kl", "stride_clip_fraction": "clipfrac", "stride_policy_entropy": "entropy",
         "stride_explained_variance": "explained_variance", "stride_learning_rate": "lr",
+        "stride_entropy_coef": "ent_coef",
         "stride_env_steps_per_second": "env_steps_per_s", "stride_weights_broadcast_bytes": "weights_bytes",
         "stride_policy_lag": "policy_lag_mean", "stride_actors_alive": "actors_alive",
         "stride_stale_sample_fraction": "stale_fraction", "stride_importance_weight_max": "is_weight_max",

@@ -90,11 +90,12 @@ def build() -> dict:
         .with_panel(ts("Clip fraction", "percentunit", (f"stride_clip_fraction{SEL}", "{{run_id}}")))
         .with_panel(ts("Policy entropy", "short", (f"stride_policy_entropy{SEL}", "{{run_id}}")))
         .with_panel(ts("Explained variance", "short", (f"stride_explained_variance{SEL}", "{{run_id}}")))
-        .with_panel(ts("Policy lag, off-policy samples, learning rate", "short",
+        .with_panel(ts("Policy lag, off-policy samples, learning rate, entropy bonus", "short",
                        (f"stride_policy_lag{SEL}", "lag (versions)"),
                        (f"stride_stale_sample_fraction{SEL}", "stale sample fraction"),
                        (f"stride_importance_weight_max{SEL}", "largest importance weight"),
-                       (f"stride_learning_rate{SEL}", "learning rate")))
+                       (f"stride_learning_rate{SEL}", "learning rate"),
+                       (f"stride_entropy_coef{SEL}", "entropy bonus weight")))
         # --- throughput and timings -----------------------------------------------------
         .with_row(dashboard.Row("Throughput and timings"))
         .with_panel(ts("Env steps/s", "short", (f"rate(stride_env_steps_total{SEL}[$__rate_interval])", "trained"),
