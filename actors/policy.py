@@ -52,8 +52,10 @@ class Tanh(nn.Module):
     No parameters, so state dicts are those of nn.Tanh."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Exported graphs (TorchScript trace, ONNX) always get the plain op.
-        if x.is_cuda or x.numel() < SIGMOID_TANH_MIN or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # Exported graphs (TorchScript trace, ONNX) always get the plain op. The tracing checks
+        # come first so that a trace never sees the shape test (which it would warn about and
+        # freeze as a constant).
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.is_cuda or x.numel() < SIGMOID_TANH_MIN:
             return torch.tanh(x)
         return _SigmoidTanhFn.apply(x)
 

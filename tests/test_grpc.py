@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import grpc
@@ -325,7 +326,10 @@ def test_fuzz_push_never_breaks_the_server(experience, data) -> None:
 def test_export_gives_the_same_actions(run_dir, tmp_path: Path, fmt: str) -> None:
     from learner.export import export, load_model
 
-    out = export(run_dir, fmt, tmp_path / f"policy.{fmt}")
+    # A tracer warning means a Python branch on a tensor was frozen into the exported graph.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        out = export(run_dir, fmt, tmp_path / f"policy.{fmt}")
     policy, _, _ = load_model(run_dir)
     obs = np.random.default_rng(2).normal(size=(16, OBS)).astype(np.float32) * 3
     with torch.no_grad():
