@@ -8,6 +8,8 @@ policy MLP's mean, and clipping to the action space.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -71,14 +73,34 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
         if fmt == "torchscript":
             torch.jit.trace(policy, example).save(str(out), _extra_files={METADATA_KEY: meta})
         else:
-            torch.onnx.export(policy, (example,), str(out), input_names=["observations"], output_names=["actions"],
-                              dynamic_axes={"observations": {0: "batch"}, "actions": {0: "batch"}}, dynamo=False)
+            _export_onnx(policy, example, out)
             import onnx
 
             proto = onnx.load(str(out))
             onnx.helper.set_model_props(proto, {METADATA_KEY: meta})
             onnx.save(proto, str(out))
     return out
+
+
+def _export_onnx(policy: DeterministicPolicy, example: torch.Tensor, out: Path) -> None:
+    """The torch.export-based ONNX exporter (PyTorch's default since 2.9; the TorchScript-based
+    one is deprecated), with the batch dimension left free."""
+    # It logs a WARNING for each torchvision operator it cannot register when torchvision is
+    # absent (as here), and torch 2.13's own pytree code warns of a deprecated isinstance check:
+    # noise for a user exporting an MLP, about nothing they can change.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            program = torch.onnx.export(policy, (example,), input_names=["observations"], output_names=["actions"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                        verbose=False)
+    finally:
+        registration.setLevel(level)
+    assert program is not None  # the dynamo exporter returns the program it wrote
+    program.save(str(out))
 
 
 def read_exported(path: Path) -> tuple[dict, object]:

@@ -329,6 +329,9 @@ def test_export_gives_the_same_actions(run_dir, tmp_path: Path, fmt: str) -> Non
     # A tracer warning means a Python branch on a tensor was frozen into the exported graph.
     with warnings.catch_warnings():
         warnings.simplefilter("error", torch.jit.TracerWarning)
+        if fmt == "onnx":  # the torch.export-based exporter, not the deprecated TorchScript one
+            warnings.filterwarnings("error", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("error", category=DeprecationWarning, module=r"learner\.export")
         out = export(run_dir, fmt, tmp_path / f"policy.{fmt}")
     policy, _, _ = load_model(run_dir)
     obs = np.random.default_rng(2).normal(size=(16, OBS)).astype(np.float32) * 3
