@@ -41,11 +41,12 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = No
     )
 
 
-def _final_obs(infos: dict[str, Any], done: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """Final observations [B, obs_dim] of the envs that ended this step (zeros elsewhere)."""
+def _final_obs(infos: dict[str, Any], ended: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Final observations [B, obs_dim] of the envs flagged in `ended` [B] (zeros elsewhere, and
+    where the env gives none)."""
     out = np.zeros_like(obs)
     if "final_obs" in infos:
-        for i in np.flatnonzero(done):
+        for i in np.flatnonzero(ended):
             out[i] = np.asarray(infos["final_obs"][i], dtype=obs.dtype)
     return out
 
@@ -111,7 +112,7 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
     rewards = np.zeros((num_steps, b), dtype=np.float32)
     terminated = np.zeros((num_steps, b), dtype=bool)
     truncated = np.zeros((num_steps, b), dtype=bool)
-    final_obs = np.zeros((num_steps, b, obs_dim), dtype=np.float32)
+    final_obs = np.zeros((num_steps, b, obs_dim), dtype=np.float32)  # dense scratch; rows where truncated ship
     ep_returns: list[float] = []
     ep_lengths: list[int] = []
     ep_ended: list[str] = []
@@ -143,7 +144,8 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         s.ep_length += 1
         done = term | trunc
         if done.any():
-            final_obs[t] = _final_obs(infos, done, s.obs)
+            if trunc.any():
+                final_obs[t] = _final_obs(infos, trunc, s.obs)
             for i in np.flatnonzero(done):
                 ep_returns.append(float(s.ep_return[i]))
                 ep_lengths.append(int(s.ep_length[i]))
@@ -168,7 +170,7 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         rewards=rewards,
         terminated=terminated,
         truncated=truncated,
-        final_obs=final_obs,
+        final_obs=final_obs[truncated],
         policy_version=s.policy.version,
         worker_id=s.worker_id,
         episodes=EpisodeStats(np.array(ep_returns), np.array(ep_lengths, dtype=np.int64), tuple(ep_ended)),

@@ -101,7 +101,7 @@ def experience_client(address: str, seconds: float, out: mp.Queue) -> None:
     t, b = 128, 16
     frag = Trajectory(np.zeros((t + 1, b, OBS), np.float32), np.zeros((t, b, ACT), np.float32),
                       np.zeros((t, b), np.float32), np.zeros((t, b), np.float32), np.zeros((t, b), bool),
-                      np.zeros((t, b), bool), np.zeros((t, b, OBS), np.float32), 0, 0)
+                      np.zeros((t, b), bool), np.zeros((0, OBS), np.float32), 0, 0)
     msg = fragment_to_msg(frag, f"bench-{os.getpid()}")
     stub = experience_pb2_grpc.ExperienceServiceStub(grpc.insecure_channel(address))
     n, start = 0, time.perf_counter()

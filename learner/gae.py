@@ -20,8 +20,8 @@ def compute_gae(
         rewards:     [T, B] r_t.
         values:      [T, B] V(s_t).
         next_values: [T, B] V of the state after step t: V(obs[t+1]) while the episode goes
-                     on, V(final_obs[t]) where it was truncated at t (any value where it was
-                     terminated: it is ignored).
+                     on, V(the episode's last observation) where it was truncated at t (any
+                     value where it was terminated: it is ignored).
         terminated:  [T, B] bool, true end of the episode at t: no bootstrap.
         truncated:   [T, B] bool, time limit at t: bootstrap from next_values, but do not carry
                      the advantage across into the next episode.

@@ -23,25 +23,42 @@ from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, entropy_coef, ex
 
 
 def stack_fragments(fragments: list[Trajectory]) -> dict[str, np.ndarray]:
-    """Concatenate fragments of equal T along the env axis: [T(+1), sum(B), ...]."""
-    keys = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "final_obs")
-    return {k: np.concatenate([getattr(f, k) for f in fragments], axis=1) for k in keys}
+    """Concatenate fragments of equal T along the env axis: [T(+1), sum(B), ...].
+
+    `final_obs` [K, obs_dim] comes out in the row-major order of the stacked `truncated`
+    [T, sum(B)], as in a single fragment: each fragment's rows are in its own (t, b) order, so
+    they are merged by (t, offset + b).
+    """
+    keys = ("obs", "actions", "logp", "rewards", "terminated", "truncated")
+    out = {k: np.concatenate([getattr(f, k) for f in fragments], axis=1) for k in keys}
+    final_obs = np.concatenate([f.final_obs for f in fragments], axis=0)
+    if len(fragments) > 1 and len(final_obs) > 1:
+        rows, cols, offset = [], [], 0
+        for f in fragments:
+            t_idx, b_idx = np.nonzero(f.truncated)
+            rows.append(t_idx)
+            cols.append(b_idx + offset)
+            offset += f.truncated.shape[1]
+        final_obs = final_obs[np.lexsort((np.concatenate(cols), np.concatenate(rows)))]
+    out["final_obs"] = final_obs
+    return out
 
 
 def values_and_bootstrap(
     model: ActorCritic, obs: torch.Tensor, final_obs: torch.Tensor, truncated: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """V(obs[t]) [T, B] and the value of the state after each step [T, B]: V(obs[t+1]), except
-    V(final_obs[t]) where the episode was truncated at t (obs[t+1] is then the next episode's
+    V(final_obs[k]) where the episode was truncated at t (obs[t+1] is then the next episode's
     first observation). Terminated steps get V(obs[t+1]) too; GAE ignores it.
 
-    obs [T+1, B, obs_dim], final_obs [T, B, obs_dim], truncated [T, B] bool.
+    obs [T+1, B, obs_dim]; truncated [T, B] bool; final_obs [K, obs_dim], K = truncated.sum(),
+    one row per truncated step in the row-major order of `truncated` (see `Trajectory`).
     """
     t1, b = obs.shape[:2]
     values_all = model.value(obs.reshape(t1 * b, -1)).reshape(t1, b)
     next_values = values_all[1:].clone()
-    if bool(truncated.any()):
-        next_values[truncated] = model.value(final_obs[truncated])
+    if final_obs.shape[0]:
+        next_values[truncated] = model.value(final_obs)
     return values_all[:-1], next_values
 
 

@@ -12,7 +12,7 @@ from actors.policy import SIGMOID_TANH_MIN, ActorCritic, NumpyPolicy, Tanh
 from actors.trajectory import Trajectory
 from learner.config import PPOConfig
 from learner.gae import compute_gae
-from learner.learner import values_and_bootstrap
+from learner.learner import stack_fragments, values_and_bootstrap
 from learner.normalizer import RunningMeanStd
 from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_loss, ppo_update
 
@@ -75,15 +75,39 @@ def test_truncated_steps_bootstrap_from_final_obs_value() -> None:
     torch.manual_seed(0)
     model = ActorCritic(3, 1)
     obs = torch.randn(4, 2, 3)
-    final_obs = torch.randn(3, 2, 3)
     truncated = torch.zeros(3, 2, dtype=torch.bool)
-    truncated[1, 0] = True
+    truncated[1, 1] = truncated[2, 0] = True
+    final_obs = torch.randn(2, 3)  # one row per truncation, in (t, b) order: (1, 1) then (2, 0)
     with torch.no_grad():
         values, next_values = values_and_bootstrap(model, obs, final_obs, truncated)
-        assert next_values[1, 0].item() == pytest.approx(model.value(final_obs[1, 0][None]).item(), rel=1e-5)
-        assert next_values[1, 1].item() == pytest.approx(model.value(obs[2, 1][None]).item(), rel=1e-5)
-        assert next_values[2, 0].item() == pytest.approx(model.value(obs[3, 0][None]).item(), rel=1e-5)
+        assert next_values[1, 1].item() == pytest.approx(model.value(final_obs[0][None]).item(), rel=1e-5)
+        assert next_values[2, 0].item() == pytest.approx(model.value(final_obs[1][None]).item(), rel=1e-5)
+        assert next_values[1, 0].item() == pytest.approx(model.value(obs[2, 0][None]).item(), rel=1e-5)
+        assert next_values[2, 1].item() == pytest.approx(model.value(obs[3, 1][None]).item(), rel=1e-5)
         assert values[0, 1].item() == pytest.approx(model.value(obs[0, 1][None]).item(), rel=1e-5)
+        _, no_trunc = values_and_bootstrap(model, obs, torch.zeros(0, 3), torch.zeros(3, 2, dtype=torch.bool))
+        torch.testing.assert_close(no_trunc, model.value(obs[1:].reshape(-1, 3)).reshape(3, 2))
+
+
+def test_stacked_fragments_keep_each_final_obs_with_its_truncated_step() -> None:
+    """Reference: the dense [T, B, obs_dim] final observations of each fragment, concatenated
+    along B and indexed by the stacked mask."""
+    rng = np.random.default_rng(3)
+    t, obs_dim = 6, 2
+    dense, frags = [], []
+    for b in (3, 1, 4):
+        trunc = rng.random((t, b)) < 0.3
+        trunc[2, 0] = True  # every fragment has a truncation at t = 2, so rows from all three interleave
+        d = rng.normal(size=(t, b, obs_dim)).astype(np.float32)
+        dense.append(d)
+        frags.append(Trajectory(np.zeros((t + 1, b, obs_dim), np.float32), np.zeros((t, b, 1), np.float32),
+                                np.zeros((t, b), np.float32), np.zeros((t, b), np.float32), np.zeros((t, b), bool),
+                                trunc, d[trunc], 0, 0))
+    data = stack_fragments(frags)
+    expected = np.concatenate(dense, axis=1)[data["truncated"]]
+    assert data["truncated"].shape == (t, 8) and data["final_obs"].shape == (int(data["truncated"].sum()), obs_dim)
+    np.testing.assert_array_equal(data["final_obs"], expected)
+    np.testing.assert_array_equal(stack_fragments(frags[1:2])["final_obs"], dense[1][frags[1].truncated])
 
 
 def _loss(new_logp, old_logp, adv, cfg=None, beta=0.0, new_v=0.0, old_v=0.0, ret=0.0):
@@ -165,7 +189,7 @@ def test_learner_clips_stale_fragments_against_its_current_policy() -> None:
         return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
                           rng.normal(size=(t, b, 1)).astype(np.float32), rng.normal(-1, 0.1, (t, b)).astype(np.float32),
                           rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
-                          np.zeros((t, b, 3), np.float32), version, 0)
+                          np.zeros((0, 3), np.float32), version, 0)
 
     learner.update([frag(0)], env_steps=0)  # now at version 1, with a trained-on normaliser
     current, stale = frag(1), frag(0)
@@ -209,7 +233,7 @@ def _random_fragment(rng: np.random.Generator, act_dim: int, version: int = 0, t
     return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
                       rng.uniform(-1, 1, size=(t, b, act_dim)).astype(np.float32), np.full((t, b), -1.0, np.float32),
                       rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
-                      np.zeros((t, b, 3), np.float32), version, 0)
+                      np.zeros((0, 3), np.float32), version, 0)
 
 
 def test_min_std_floors_the_policy_std_after_each_update() -> None:
@@ -437,7 +461,7 @@ def test_non_finite_loss_never_reaches_the_weights() -> None:
     def frag(reward: float) -> Trajectory:
         return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32), np.zeros((t, b, 1), np.float32),
                           np.zeros((t, b), np.float32), np.full((t, b), reward, np.float32),
-                          np.zeros((t, b), bool), np.zeros((t, b), bool), np.zeros((t, b, 3), np.float32), 0, 0)
+                          np.zeros((t, b), bool), np.zeros((t, b), bool), np.zeros((0, 3), np.float32), 0, 0)
 
     learner.update([frag(1.0)], env_steps=0)  # a normal update first, so the optimiser has state
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
@@ -513,7 +537,7 @@ def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fra
         return Trajectory(rng.normal(size=(t + 1, b, 3)).astype(np.float32),
                           rng.normal(size=(t, b, 1)).astype(np.float32), np.full((t, b), -1.0, np.float32),
                           np.array(rewards, np.float32), term, np.zeros((t, b), bool),
-                          np.zeros((t, b, 3), np.float32), learner.version, worker)
+                          np.zeros((0, 3), np.float32), learner.version, worker)
 
     batches = [[frag(0, [[1, 2], [3, 4], [5, 6]], [(1, 0)]), frag(1, [[-1, 0], [0, 1], [2, 2]], [])],
                [frag(0, [[1, 1], [1, 1], [1, 1]], [(2, 1)])]]

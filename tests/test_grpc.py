@@ -251,12 +251,15 @@ def experience():
 
 
 def fragment(version: int = 3, t: int = 4, b: int = 2, obs_dim: int = OBS) -> Trajectory:
+    """A fragment with two time-limit truncations, at (t, b) = (1, 1) and (3, 0)."""
     rng = np.random.default_rng(version)
+    truncated = np.zeros((t, b), bool)
+    truncated[1, 1] = truncated[3, 0] = True
     return Trajectory(
         obs=rng.normal(size=(t + 1, b, obs_dim)).astype(np.float32), actions=np.zeros((t, b, ACT), np.float32),
         logp=np.zeros((t, b), np.float32), rewards=np.ones((t, b), np.float32),
-        terminated=np.zeros((t, b), bool), truncated=np.zeros((t, b), bool),
-        final_obs=np.zeros((t, b, obs_dim), np.float32), policy_version=version, worker_id=0,
+        terminated=np.zeros((t, b), bool), truncated=truncated,
+        final_obs=rng.normal(size=(2, obs_dim)).astype(np.float32), policy_version=version, worker_id=0,
         episodes=EpisodeStats(np.array([1.5]), np.array([4])),
     )
 
@@ -268,8 +271,28 @@ def test_push_and_drain(experience) -> None:
     assert (summary.accepted, summary.dropped_stale, summary.learner_version) == (2, 1, 3)
     got = hub.drain()
     assert [f.policy_version for f in got] == [3, 2]
-    np.testing.assert_array_equal(got[0].obs, fragment(3).obs)
+    for name in ("obs", "truncated", "final_obs"):
+        np.testing.assert_array_equal(getattr(got[0], name), getattr(fragment(3), name))
     assert got[0].worker_id >= es.REMOTE_WORKER_BASE and got[0].episodes.returns.tolist() == [1.5]
+
+
+def test_the_deprecated_dense_final_obs_is_still_accepted(experience) -> None:
+    """Clients built on the first proto send final_obs as [T, B, obs_dim]; its truncated rows
+    are what the learner keeps."""
+    hub, stub = experience
+    frag = fragment(3)
+    dense = np.zeros((*frag.truncated.shape, OBS), np.float32)
+    dense[frag.truncated] = frag.final_obs
+    msg = fragment_to_msg(frag, "old")
+    msg.ClearField("truncated_final_obs")
+    msg.final_obs.CopyFrom(to_array(dense))
+    assert stub.PushTrajectory(iter([msg]), timeout=10).accepted == 1
+    np.testing.assert_array_equal(hub.drain()[0].final_obs, frag.final_obs)
+
+
+def _dense_final_obs(m: experience_pb2.TrajectoryFragment, shape: tuple[int, ...]) -> None:
+    m.ClearField("truncated_final_obs")
+    m.final_obs.CopyFrom(to_array(np.zeros(shape, np.float32)))
 
 
 @pytest.mark.parametrize(
@@ -281,6 +304,11 @@ def test_push_and_drain(experience) -> None:
         (lambda m: m.actions.CopyFrom(to_array(np.zeros((4, 2, 5), np.float32))), "actions: shape"),
         (lambda m: setattr(m, "policy_version", 99), "policy_version 99 is unknown"),
         (lambda m: m.obs.CopyFrom(to_array(np.zeros((1, 2, OBS), np.float32))), "holds no step"),
+        (lambda m: m.truncated_final_obs.CopyFrom(to_array(np.zeros((1, OBS), np.float32))),
+         f"truncated_final_obs: shape [1, {OBS}], expected [2, {OBS}]"),
+        (lambda m: m.ClearField("truncated_final_obs"), "truncated_final_obs: missing, and truncated has 2 true"),
+        (lambda m: m.final_obs.CopyFrom(to_array(np.zeros((4, 2, OBS), np.float32))), "are both set"),
+        (lambda m: _dense_final_obs(m, (4, 2, OBS + 1)), f"final_obs: shape [4, 2, {OBS + 1}], expected [4, 2, {OBS}]"),
     ],
 )
 def test_bad_fragments_are_refused_and_earlier_ones_kept(experience, bad, words) -> None:
@@ -307,7 +335,8 @@ def test_get_weights_streams_the_current_version(experience) -> None:
 def test_fuzz_push_never_breaks_the_server(experience, data) -> None:
     hub, stub = experience
     msg = fragment_to_msg(fragment(3), "fuzz")
-    field = data.draw(st.sampled_from(["obs", "actions", "logp", "rewards", "terminated", "truncated", "final_obs"]))
+    field = data.draw(st.sampled_from(["obs", "actions", "logp", "rewards", "terminated", "truncated", "final_obs",
+                                          "truncated_final_obs"]))
     getattr(msg, field).CopyFrom(data.draw(arrays))
     msg.policy_version = data.draw(st.integers(-5, 10))
     try:

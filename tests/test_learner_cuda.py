@@ -32,7 +32,7 @@ def _fragments(rng: np.random.Generator, version: int, n: int = 2, t: int = 32, 
         out.append(Trajectory(
             rng.normal(size=(t + 1, b, 31)).astype(np.float32), rng.uniform(-1, 1, (t, b, 6)).astype(np.float32),
             rng.normal(-8.0, 0.5, (t, b)).astype(np.float32), rng.normal(size=(t, b)).astype(np.float32),
-            term, trunc, rng.normal(size=(t, b, 31)).astype(np.float32), version, worker))
+            term, trunc, rng.normal(size=(int(trunc.sum()), 31)).astype(np.float32), version, worker))
     return out
 
 

@@ -60,7 +60,8 @@ def space(low: np.ndarray, high: np.ndarray) -> common_pb2.Space:
 def fragment_to_msg(t: Trajectory, actor_name: str) -> experience_pb2.TrajectoryFragment:
     return experience_pb2.TrajectoryFragment(
         obs=to_array(t.obs), actions=to_array(t.actions), logp=to_array(t.logp), rewards=to_array(t.rewards),
-        terminated=to_array(t.terminated), truncated=to_array(t.truncated), final_obs=to_array(t.final_obs),
+        terminated=to_array(t.terminated), truncated=to_array(t.truncated),
+        truncated_final_obs=to_array(t.final_obs),
         policy_version=t.policy_version, actor_name=actor_name,
         episode_returns=t.episodes.returns.tolist(), episode_lengths=t.episodes.lengths.tolist(),
     )
@@ -91,9 +92,7 @@ def msg_to_fragment(m: experience_pb2.TrajectoryFragment, obs_dim: int, act_dim:
     for name, a in arrays.items():
         if a.shape != (t, b):
             raise invalid(f"{name}: shape {list(a.shape)}, expected {[t, b]}")
-    final_obs = from_array(m.final_obs, "final_obs", "float32", 3)
-    if final_obs.shape != (t, b, obs_dim):
-        raise invalid(f"final_obs: shape {list(final_obs.shape)}, expected {[t, b, obs_dim]}")
+    final_obs = _final_obs(m, arrays["truncated"], obs_dim)
     if len(m.episode_returns) != len(m.episode_lengths):
         raise invalid("episode_returns and episode_lengths differ in length")
     returns = np.asarray(m.episode_returns, dtype=np.float64)
@@ -105,6 +104,27 @@ def msg_to_fragment(m: experience_pb2.TrajectoryFragment, obs_dim: int, act_dim:
         policy_version=int(m.policy_version), worker_id=worker_id,
         episodes=EpisodeStats(returns, np.asarray(m.episode_lengths, dtype=np.int64)),
     )
+
+
+def _final_obs(m: experience_pb2.TrajectoryFragment, truncated: np.ndarray, obs_dim: int) -> np.ndarray:
+    """The [K, obs_dim] rows of `truncated_final_obs`, or of the deprecated dense `final_obs`."""
+    k = int(np.count_nonzero(truncated))
+    if m.HasField("final_obs"):
+        if m.HasField("truncated_final_obs"):
+            raise invalid("final_obs and truncated_final_obs are both set; send truncated_final_obs only")
+        dense = from_array(m.final_obs, "final_obs", "float32", 3)
+        if dense.shape != (*truncated.shape, obs_dim):
+            raise invalid(f"final_obs: shape {list(dense.shape)}, expected {[*truncated.shape, obs_dim]}")
+        return dense[truncated]
+    if not m.HasField("truncated_final_obs"):
+        if k:
+            raise invalid(f"truncated_final_obs: missing, and truncated has {k} true entries")
+        return np.zeros((0, obs_dim), np.float32)
+    rows = from_array(m.truncated_final_obs, "truncated_final_obs", "float32", 2)
+    if rows.shape != (k, obs_dim):
+        raise invalid(f"truncated_final_obs: shape {list(rows.shape)}, expected {[k, obs_dim]} "
+                      f"(one row per true entry of truncated)")
+    return rows
 
 
 def weights_to_bytes(w: Weights) -> bytes:

@@ -220,7 +220,7 @@ def _fragment(t: int = 4, b: int = 2, **changes: np.ndarray) -> Trajectory:
     arrays = dict(obs=np.zeros((t + 1, b, OBS), np.float32), actions=np.zeros((t, b, ACT), np.float32),
                   logp=np.zeros((t, b), np.float32), rewards=np.ones((t, b), np.float32),
                   terminated=np.zeros((t, b), bool), truncated=np.zeros((t, b), bool),
-                  final_obs=np.zeros((t, b, OBS), np.float32))
+                  final_obs=np.zeros((0, OBS), np.float32))
     arrays.update(changes)
     return Trajectory(**arrays, policy_version=0, worker_id=0, episodes=EpisodeStats.empty())
 
@@ -356,6 +356,9 @@ CASES: list[Case] = [
     Case("rpc-push-version", "grpc", "PushTrajectory claiming a future policy version",
          "INVALID_ARGUMENT: fragment 0: policy_version 99 is unknown",
          push_status(lambda m: setattr(m, "policy_version", 99))),
+    Case("rpc-push-final-obs", "grpc", "PushTrajectory with a final observation but no truncated step",
+         "INVALID_ARGUMENT: fragment 0: truncated_final_obs: shape [1, 31], expected [0, 31]",
+         push_status(lambda m: m.truncated_final_obs.CopyFrom(to_array(np.zeros((1, OBS), np.float32))))),
     # env actions
     Case("action-shape", "env", "a biped action of shape (5,)", "action must have shape (6,), got (5,)",
          biped_action_error(np.zeros(5, np.float32))),
@@ -368,6 +371,9 @@ CASES: list[Case] = [
     Case("fragment-shape", "fragment", "a fragment whose actions cover 3 of 4 steps",
          "trajectory.actions has shape (3, 2, 6), expected (4, 2)+",
          fragment_error(actions=np.zeros((3, 2, ACT), np.float32))),
+    Case("fragment-final-obs", "fragment", "a fragment with one truncation and two final observations",
+         "trajectory.final_obs has shape (2, 31), expected (1,)+",
+         fragment_error(truncated=np.arange(8).reshape(4, 2) == 0, final_obs=np.zeros((2, OBS), np.float32))),
 ]
 
 

@@ -1,0 +1,66 @@
+"""The rollout loop's fragments: one final observation per truncated step, checked against the
+pendulum's own dynamics replayed from the observation before that step."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import actors.envs  # noqa: F401  (registers stride/Chaos-v0)
+from actors.policy import ActorCritic
+from actors.rollout import Sampler, make_envs
+from actors.trajectory import Trajectory
+
+
+def _pendulum_step(obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Pendulum-v1's observation after `action` from the state that `obs` ([cos, sin, thdot])
+    shows: the env's own step, started from that state."""
+    env = gym.make("Pendulum-v1").unwrapped
+    env.reset(seed=0)
+    env.state = np.array([np.arctan2(obs[1], obs[0]), obs[2]], dtype=np.float64)
+    next_obs, *_ = env.step(action)
+    return np.asarray(next_obs, dtype=np.float32)
+
+
+def _collect(env: str, num_envs: int, steps: int, **env_kwargs: object) -> Trajectory:
+    sampler = Sampler(make_envs(env, num_envs, env_kwargs), worker_id=0, seed=0)
+    sampler.set_weights(ActorCritic(3, 1, init_log_std=0.0).weights(0))
+    frag = sampler.collect(steps)
+    frag.validate()
+    return frag
+
+
+def _check_final_rows(frag: Trajectory) -> None:
+    t_idx, b_idx = np.nonzero(frag.truncated)
+    assert frag.final_obs.shape == (len(t_idx), 3)
+    for row, t, b in zip(frag.final_obs, t_idx, b_idx, strict=True):
+        np.testing.assert_allclose(row, _pendulum_step(frag.obs[t, b], frag.actions[t, b]), rtol=1e-5, atol=1e-5)
+        # obs[t + 1] is already the next episode's first observation, not the bootstrap point.
+        assert not np.allclose(row, frag.obs[t + 1, b], atol=1e-3)
+
+
+def test_time_limit_truncations_ship_the_final_observation() -> None:
+    frag = _collect("Pendulum-v1", 3, 230)
+    # Pendulum-v1's 200-step limit ends every episode at step index 199, and nothing terminates.
+    assert not frag.terminated.any()
+    np.testing.assert_array_equal(np.flatnonzero(frag.truncated.any(axis=1)), [199])
+    assert frag.truncated[199].all() and frag.truncated.sum() == 3
+    _check_final_rows(frag)
+    assert [int(n) for n in frag.episodes.lengths] == [200, 200, 200]
+
+
+def test_env_crash_cuts_episodes_with_their_last_real_observation() -> None:
+    frag = _collect(actors.envs.CHAOS_ID, 2, 150, env_id="Pendulum-v1", crash_prob=0.01, fault_seed=1)
+    assert frag.env_errors >= 1
+    # A crash at step t resets the envs and marks every running episode truncated at t - 1.
+    cut_steps = np.flatnonzero(frag.truncated.all(axis=1))
+    assert len(cut_steps) >= 1 and not frag.terminated.any()
+    _check_final_rows(frag)
+
+
+def test_a_fragment_with_a_final_obs_per_step_is_refused() -> None:
+    frag = _collect("Pendulum-v1", 2, 8)
+    bad = Trajectory(**{**frag.__dict__, "final_obs": np.zeros((8, 2, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"final_obs has shape \(8, 2, 3\), expected \(0,\)"):
+        bad.validate()
