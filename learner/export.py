@@ -1,4 +1,5 @@
-"""Export a run's policy as a self-contained file: TorchScript or ONNX.
+"""Export a run's policy as a self-contained file: ONNX, a torch.export program (.pt2), or
+TorchScript (.pt; PyTorch deprecates TorchScript, so `pt2` is its successor here).
 
 The exported module takes raw observations [N, obs_dim] float32 and returns the deterministic
 action [N, act_dim] float32: observation normalisation (the run's statistics, baked in), the
@@ -20,7 +21,8 @@ import actors.envs  # noqa: F401  (registers the biped)
 from actors.policy import ActorCritic
 from learner import checkpoint
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 
 
 class DeterministicPolicy(nn.Module):
@@ -48,20 +50,21 @@ def load_model(run_dir: Path) -> tuple[DeterministicPolicy, dict, Path]:
 
 
 METADATA_KEY = "stride_metadata"
+BATCH_FREE = ({0: torch.export.Dim("batch")},)  # the observations' first dimension stays free
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     """Write the policy of `run_dir`'s latest checkpoint as `fmt`; returns the file written.
 
     The file carries JSON metadata (env id, policy version, env steps, spaces, log-std) so a
-    server can describe and sample from it without the run folder: an ONNX metadata property
-    or a TorchScript extra file, both named `stride_metadata`.
+    server can describe and sample from it without the run folder: an ONNX metadata property, or
+    an extra file of the .pt2 / TorchScript archive, each named `stride_metadata`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     policy, state, path = load_model(run_dir)
     obs_dim = policy.model.obs_dim
-    out = out or run_dir / ("policy.onnx" if fmt == "onnx" else "policy.pt")
+    out = out or run_dir / f"policy{SUFFIXES[fmt]}"
     meta = json.dumps({
         "env_id": state["config"]["env"]["id"], "policy_version": int(state["learner"]["version"]),
         "env_steps": int(state["counters"]["env_steps"]), "checkpoint": str(path), "obs_dim": obs_dim,
@@ -72,6 +75,9 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     with torch.no_grad():
         if fmt == "torchscript":
             torch.jit.trace(policy, example).save(str(out), _extra_files={METADATA_KEY: meta})
+        elif fmt == "pt2":
+            program = torch.export.export(policy, (example,), dynamic_shapes=BATCH_FREE)
+            torch.export.save(program, str(out), extra_files={METADATA_KEY: meta})
         else:
             _export_onnx(policy, example, out)
             import onnx
@@ -95,7 +101,7 @@ def _export_onnx(policy: DeterministicPolicy, example: torch.Tensor, out: Path) 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
             program = torch.onnx.export(policy, (example,), input_names=["observations"], output_names=["actions"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                        dynamic_shapes=BATCH_FREE, dynamo=True,
                                         verbose=False)
     finally:
         registration.setLevel(level)
@@ -114,7 +120,10 @@ def read_exported(path: Path) -> tuple[dict, object]:
         meta = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
         return meta, lambda obs: session.run(None, {"observations": np.asarray(obs, np.float32)})[0]
     files = {METADATA_KEY: ""}
-    module = torch.jit.load(str(path), _extra_files=files)
+    if path.suffix == ".pt2":
+        module = torch.export.load(str(path), extra_files=files).module()
+    else:
+        module = torch.jit.load(str(path), _extra_files=files)
     meta = json.loads(files[METADATA_KEY])
 
     def run(obs):  # noqa: ANN001, ANN202

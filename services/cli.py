@@ -147,10 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--no-video", action="store_true", help="skip the video of the trained policy")
     tw.add_argument("--resume", action="store_true",
                     help="continue the experiment in --out from its last checkpoint (its config, its clock)")
-    x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX or TorchScript file")
+    x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX, .pt2 or TorchScript file")
     x.add_argument("run_dir", type=Path)
-    x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
-    x.add_argument("--out", type=Path, help="output file (default RUN_DIR/policy.onnx or policy.pt)")
+    x.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"],
+                   help="onnx; pt2 (torch.export); torchscript (deprecated by PyTorch)")
+    x.add_argument("--out", type=Path, help="output file (default RUN_DIR/policy.onnx, .pt2 or .pt)")
     return p
 
 

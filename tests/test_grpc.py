@@ -351,15 +351,15 @@ def test_fuzz_push_never_breaks_the_server(experience, data) -> None:
 # -- export and stubs -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_export_gives_the_same_actions(run_dir, tmp_path: Path, fmt: str) -> None:
     from learner.export import export, load_model
 
     # A tracer warning means a Python branch on a tensor was frozen into the exported graph.
     with warnings.catch_warnings():
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        if fmt == "onnx":  # the torch.export-based exporter, not the deprecated TorchScript one
-            warnings.filterwarnings("error", category=DeprecationWarning, module=r"torch\.onnx")
+        if fmt != "torchscript":  # torch.export-based: nothing PyTorch has deprecated
+            warnings.filterwarnings("error", category=DeprecationWarning, module=r"torch\.(onnx|export|jit)")
             warnings.filterwarnings("error", category=DeprecationWarning, module=r"learner\.export")
         out = export(run_dir, fmt, tmp_path / f"policy.{fmt}")
     policy, _, _ = load_model(run_dir)
@@ -370,9 +370,16 @@ def test_export_gives_the_same_actions(run_dir, tmp_path: Path, fmt: str) -> Non
         import onnxruntime
 
         got = onnxruntime.InferenceSession(str(out)).run(None, {"observations": obs})[0]
+    elif fmt == "pt2":
+        got = torch.export.load(str(out)).module()(torch.as_tensor(obs)).detach().numpy()
     else:
         got = torch.jit.load(str(out))(torch.as_tensor(obs)).detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # The batch size is free in every format: one observation, like a robot's control loop sends.
+    from learner.export import read_exported
+
+    _, run = read_exported(out)
+    np.testing.assert_allclose(run(obs[:1]), expected[:1], rtol=1e-5, atol=1e-6)
     # ...and the same as the policy server and the actors' NumPy policy (the deterministic action).
     source = ps.PolicySource(run_dir)
     np.testing.assert_allclose(got, np.clip(source.policy.mean(obs), -1, 1), rtol=1e-5, atol=1e-6)
@@ -422,11 +429,11 @@ def test_remote_actor_process_feeds_a_real_training_run(tmp_path: Path) -> None:
         assert all(r["policy_version"] - v <= 3 for v in r["fragment_versions"])
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_policy_server_serves_an_exported_file(run_dir, tmp_path: Path, fmt: str) -> None:
-    from learner.export import export
+    from learner.export import SUFFIXES, export
 
-    path = export(run_dir, fmt, tmp_path / ("p.onnx" if fmt == "onnx" else "p.pt"))
+    path = export(run_dir, fmt, tmp_path / f"p{SUFFIXES[fmt]}")
     server = Server(ps.register(ps.PolicyServicer(ps.PolicySource(path))))
     try:
         stub = policy_pb2_grpc.PolicyServiceStub(channel(server.address))

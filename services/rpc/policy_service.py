@@ -16,6 +16,7 @@ import numpy as np
 
 from actors.policy import NumpyPolicy
 from learner.evaluate import load_policy
+from learner.export import SUFFIXES
 from services.proto.stride.v1 import policy_pb2, policy_pb2_grpc
 from services.rpc.codec import RequestError, from_array, invalid, space, to_array
 from services.rpc.server import handle_errors
@@ -25,7 +26,7 @@ DEFAULT_MAX_BATCH = 4096
 
 
 class ExportedPolicy:
-    """An exported ONNX/TorchScript file behind the `NumpyPolicy` interface the servicer uses."""
+    """An exported ONNX / .pt2 / TorchScript file behind the `NumpyPolicy` interface the servicer uses."""
 
     def __init__(self, path: Path) -> None:
         from learner.export import read_exported
@@ -85,8 +86,8 @@ class PolicySource:
             self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
 
     def _load_exported(self, path: Path) -> None:
-        if path.suffix not in (".onnx", ".pt"):
-            raise ValueError(f"{path}: serve a run folder or an exported .onnx / .pt file")
+        if path.suffix not in SUFFIXES.values():
+            raise ValueError(f"{path}: serve a run folder or an exported {' / '.join(SUFFIXES.values())} file")
         policy = ExportedPolicy(path)
         meta = policy.meta
         self.policy = policy  # type: ignore[assignment]
