@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--video", type=Path, help="also write a video of one episode (.mp4 or .gif)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of using the mean")
     s = sub.add_parser("serve", help="serve a run's policy over gRPC (PolicyService)")
-    s.add_argument("run_dir", type=Path)
+    s.add_argument("run_dir", type=Path, help="a run folder, or a file from stride export (.onnx, .pt2, .pt)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=50051)
     s.add_argument("--follow", action="store_true", help="serve each newer checkpoint of a live run as it lands")

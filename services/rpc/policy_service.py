@@ -50,7 +50,7 @@ class ExportedPolicy:
 
 class PolicySource:
     """The policy to serve and where it came from: a run folder (its latest checkpoint; with
-    `follow`, each newer one as it lands) or an exported .onnx / .pt file."""
+    `follow`, each newer one as it lands) or an exported .onnx / .pt2 / .pt file."""
 
     def __init__(self, run_dir: Path, follow: bool = False, poll_seconds: float = 2.0) -> None:
         self.run_dir = run_dir
