@@ -101,8 +101,7 @@ def _export_onnx(policy: DeterministicPolicy, example: torch.Tensor, out: Path) 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
             program = torch.onnx.export(policy, (example,), input_names=["observations"], output_names=["actions"],
-                                        dynamic_shapes=BATCH_FREE, dynamo=True,
-                                        verbose=False)
+                                        dynamic_shapes=BATCH_FREE, dynamo=True, verbose=False)
     finally:
         registration.setLevel(level)
     assert program is not None  # the dynamo exporter returns the program it wrote
