@@ -142,10 +142,10 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         terminated[t], truncated[t] = term, trunc
         s.ep_return += r
         s.ep_length += 1
+        if trunc.any():
+            final_obs[t] = _final_obs(infos, trunc, s.obs)
         done = term | trunc
         if done.any():
-            if trunc.any():
-                final_obs[t] = _final_obs(infos, trunc, s.obs)
             for i in np.flatnonzero(done):
                 ep_returns.append(float(s.ep_return[i]))
                 ep_lengths.append(int(s.ep_length[i]))

@@ -108,7 +108,6 @@ def msg_to_fragment(m: experience_pb2.TrajectoryFragment, obs_dim: int, act_dim:
 
 def _final_obs(m: experience_pb2.TrajectoryFragment, truncated: np.ndarray, obs_dim: int) -> np.ndarray:
     """The [K, obs_dim] rows of `truncated_final_obs`, or of the deprecated dense `final_obs`."""
-    k = int(np.count_nonzero(truncated))
     if m.HasField("final_obs"):
         if m.HasField("truncated_final_obs"):
             raise invalid("final_obs and truncated_final_obs are both set; send truncated_final_obs only")
@@ -116,6 +115,7 @@ def _final_obs(m: experience_pb2.TrajectoryFragment, truncated: np.ndarray, obs_
         if dense.shape != (*truncated.shape, obs_dim):
             raise invalid(f"final_obs: shape {list(dense.shape)}, expected {[*truncated.shape, obs_dim]}")
         return dense[truncated]
+    k = int(np.count_nonzero(truncated))
     if not m.HasField("truncated_final_obs"):
         if k:
             raise invalid(f"truncated_final_obs: missing, and truncated has {k} true entries")

@@ -16,7 +16,7 @@ import numpy as np
 
 from actors.policy import NumpyPolicy
 from learner.evaluate import load_policy
-from learner.export import SUFFIXES
+from learner.export import SUFFIXES, read_exported
 from services.proto.stride.v1 import policy_pb2, policy_pb2_grpc
 from services.rpc.codec import RequestError, from_array, invalid, space, to_array
 from services.rpc.server import handle_errors
@@ -29,8 +29,6 @@ class ExportedPolicy:
     """An exported ONNX / .pt2 / TorchScript file behind the `NumpyPolicy` interface the servicer uses."""
 
     def __init__(self, path: Path) -> None:
-        from learner.export import read_exported
-
         meta, self._run = read_exported(path)
         self.meta = meta
         self.version = int(meta["policy_version"])
