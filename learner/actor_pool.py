@@ -3,7 +3,7 @@
 An actor is either *usable* (the trainer sends it sample calls) or *down* (its process died, its
 node vanished, or it stalled and was killed). A down actor is not sent samples: a sample call to
 an actor Ray cannot restart yet (its node is gone, no CPU is free) would only wait, and in sync
-mode hold the whole round. Instead it gets a cheap probe (`pid`), which Ray queues until the
+mode hold the whole round. Instead it gets a cheap probe (`node_id`), which Ray queues until the
 actor is alive again; when the probe answers, the actor is usable again and its next sample
 call fetches the current weights (a restarted actor starts with none).
 
@@ -12,6 +12,13 @@ Every loss is counted in the shared `Counters`: a fragment whose actor died (`lo
 (`actor_timeouts`, and its fragment lost), a fragment that fails validation
 (`rejected_fragments`: NaN/inf or wrong shapes). Ray runs each call at most once
 (`max_task_retries=0`), so a lost fragment is never delivered twice or in part.
+
+With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
+through one `FragmentRelay` per node (actors/relay.py): one object per node and round instead of
+one per fragment, and the checks done there. The probe that says an actor is up also says on
+which node, so a restarted actor that Ray placed elsewhere is relayed from its new node. A relay
+that fails or is slow is dropped (a new one is made when next needed) and its fragments are
+fetched directly: what arrives and what is counted is the same either way.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.packing import unpack
+from actors.relay import RelayResult, remote_relay_class
 from actors.trajectory import Trajectory
 from actors.worker import remote_worker_class
 from learner.config import Config
 
 log = logging.getLogger("stride")
+
+RELAY_TIMEOUT_S = 30.0  # most a relay may take to pack fragments that are already made
 
 
 class ActorPool:
@@ -39,7 +51,14 @@ class ActorPool:
         ]
         # Every actor starts down: it is usable once Ray has placed it and its probe answers.
         self.usable: set[int] = set()
-        self.probes: dict[ray.ObjectRef, int] = {w.pid.remote(): i for i, w in enumerate(self.workers)}
+        self.probes: dict[ray.ObjectRef, int] = {w.node_id.remote(): i for i, w in enumerate(self.workers)}
+        self.node_of: dict[int, str] = {}  # where each actor was when its probe last answered
+        self.own_node = ray.get_runtime_context().get_node_id()
+        self.relays: dict[str, Any] = {}  # node id -> FragmentRelay handle, made when first needed
+        # How the trainer waits for fragments: without relays, pulling each to the driver's node
+        # as soon as it is made overlaps the transfers with the actors still sampling; with them,
+        # a fragment pulled here would cross the network twice (here, and packed by its relay).
+        self.fetch_local = not cfg.rollout.node_relays
 
     def wait_ready(self, timeout: float) -> int:
         """Wait up to `timeout` s for every actor to start; returns how many did. The others
@@ -60,19 +79,83 @@ class ActorPool:
         try:
             frag = ray.get(obj)
         except RayActorError as exc:
-            self.counters.actor_failures += 1
-            self.counters.lost_fragments += 1
-            log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it", i, type(exc).__name__)
-            self._mark_down(i)
+            self._lost(i, type(exc).__name__)
             return None
         self.counters.env_errors += frag.env_errors
         try:
             frag.validate()
         except ValueError as exc:
-            self.counters.rejected_fragments += 1
-            log.warning("rejected a fragment from actor %d: %s", i, exc)
+            self._rejected(i, str(exc))
             return None
         return frag
+
+    def receive_many(self, items: list[tuple[ray.ObjectRef, int]]) -> list[Trajectory | None]:
+        """`receive` for each (fragment, actor) of `items`, in their order: through the relays
+        where `rollout.node_relays` is on and a node other than the driver's made two or more.
+        The fragments must be made already: wait for them with `fetch_local=self.fetch_local`."""
+        by_node: dict[str, list[int]] = {}
+        if self.cfg.rollout.node_relays:
+            for pos, (_, i) in enumerate(items):
+                node = self.node_of.get(i)
+                if node is not None and node != self.own_node:
+                    by_node.setdefault(node, []).append(pos)
+        calls = {self._relay(node).pack.remote([items[p][0] for p in poss]): (node, poss)
+                 for node, poss in by_node.items() if len(poss) > 1}
+        relayed = {p for _, poss in calls.values() for p in poss}
+        direct = [pos for pos in range(len(items)) if pos not in relayed]
+        if len(direct) > 1:  # pull them all at once, where the caller waited without (fetch_local)
+            ray.wait([items[p][0] for p in direct], num_returns=len(direct), timeout=RELAY_TIMEOUT_S)
+        out: list[Trajectory | None] = [None] * len(items)
+        for pos in direct:  # while the relays pack
+            out[pos] = self.receive(*items[pos])
+        if calls:
+            ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=RELAY_TIMEOUT_S)
+            for call, (node, poss) in calls.items():
+                result = None
+                try:
+                    if call not in ready:
+                        raise TimeoutError(f"no answer within {RELAY_TIMEOUT_S:.0f} s")
+                    result = ray.get(call)
+                except Exception as exc:  # noqa: BLE001 - whatever went wrong, the direct path decides
+                    log.warning("the relay of node %s failed (%s: %s); fetching its %d fragments directly",
+                                node[:8], type(exc).__name__, exc, len(poss))
+                    ray.kill(self.relays.pop(node), no_restart=True)
+                if result is None:
+                    for p in poss:
+                        out[p] = self.receive(*items[p])
+                else:
+                    self._apply(result, [items[p][1] for p in poss], poss, out)
+        return out
+
+    def _apply(self, result: RelayResult, actors: list[int], poss: list[int], out: list[Trajectory | None]) -> None:
+        """Counts what a relay found, and puts its fragments at their positions in `out`."""
+        for k in result.lost:
+            self._lost(actors[k], "its actor died")
+        for k, why, env_errors in result.rejected:
+            self.counters.env_errors += env_errors
+            self._rejected(actors[k], why)
+        if result.packed is not None:
+            for k, frag in zip(result.used, unpack(result.packed), strict=True):
+                self.counters.env_errors += frag.env_errors
+                self.counters.relayed_fragments += 1
+                out[poss[k]] = frag
+
+    def _relay(self, node: str) -> Any:
+        if node not in self.relays:
+            # Soft: should the node be gone, Ray places it elsewhere and the call still answers.
+            where = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+            self.relays[node] = remote_relay_class().options(scheduling_strategy=where).remote()
+        return self.relays[node]
+
+    def _lost(self, i: int, why: str) -> None:
+        self.counters.actor_failures += 1
+        self.counters.lost_fragments += 1
+        log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it", i, why)
+        self._mark_down(i)
+
+    def _rejected(self, i: int, why: str) -> None:
+        self.counters.rejected_fragments += 1
+        log.warning("rejected a fragment from actor %d: %s", i, why)
 
     def kill_hung(self, i: int) -> None:
         """Actor `i` sent nothing within sample_timeout_s: kill its process so Ray restarts it."""
@@ -86,7 +169,7 @@ class ActorPool:
     def _mark_down(self, i: int) -> None:
         self.usable.discard(i)
         if i not in self.probes.values():
-            self.probes[self.workers[i].pid.remote()] = i
+            self.probes[self.workers[i].node_id.remote()] = i
 
     def revived(self) -> list[int]:
         """Down actors whose probe has answered since the last call: usable again."""
@@ -97,9 +180,9 @@ class ActorPool:
         for obj in ready:
             i = self.probes.pop(obj)
             try:
-                ray.get(obj, timeout=0)
+                self.node_of[i] = ray.get(obj, timeout=0)
             except (RayActorError, GetTimeoutError):  # still restarting (or gone for good): ask again
-                self.probes[self.workers[i].pid.remote()] = i
+                self.probes[self.workers[i].node_id.remote()] = i
                 continue
             log.debug("rollout actor %d is up", i)
             self.usable.add(i)
@@ -107,7 +190,7 @@ class ActorPool:
         return back
 
     def shutdown(self) -> None:
-        for w in self.workers:
+        for w in [*self.workers, *self.relays.values()]:
             ray.kill(w, no_restart=True)
-        self.workers, self.probes = [], {}
+        self.workers, self.probes, self.relays = [], {}, {}
         self.usable = set()

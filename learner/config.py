@@ -44,6 +44,11 @@ class RolloutConfig:
     """How often Ray may restart a dead actor (-1: without limit)."""
     sample_timeout_s: float = 300.0
     """A fragment not back after this long counts as lost (hung actor); the actor is restarted."""
+    node_relays: bool = False
+    """Fetch the fragments of actors on other nodes through one relay per node, which packs that
+    node's fragments of a round into one object (fewer, larger transfers into the learner). Off
+    by default: on one machine it was slower than direct fetches and saved the driver little CPU
+    (docs/scaling.md), and it has not been measured across real machines yet."""
 
 
 @dataclass

@@ -57,6 +57,7 @@ class Counters:
     nan_updates: int = 0
     actor_timeouts: int = 0
     checkpoint_failures: int = 0
+    relayed_fragments: int = 0  # fragments that came through a node's relay (rollout.node_relays)
 
 
 class TrainingDiverged(RuntimeError):
@@ -277,14 +278,13 @@ class Trainer:
             fragments = []
             deadline = time.monotonic() + timeout
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending),
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), fetch_local=pool.fetch_local,
                                     timeout=max(0.0, deadline - time.monotonic()))
                 if not ready:
                     for i in pending.values():
                         pool.kill_hung(i)
                     break
-                for obj in ready:
-                    frag = pool.receive(obj, pending.pop(obj))
+                for frag in pool.receive_many([(obj, pending.pop(obj)) for obj in ready]):
                     if frag is not None:
                         if frag.policy_version != version:
                             raise AssertionError(f"sync mode got version {frag.policy_version}, expected {version}")
@@ -301,13 +301,15 @@ class Trainer:
         t0 = time.perf_counter()
         while True:
             if inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                ready, rest = ray.wait(list(inflight), num_returns=1, timeout=1.0, fetch_local=pool.fetch_local)
+                if ready and rest and self.cfg.rollout.node_relays:  # and whatever else is back, to relay together
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)[0]
             else:  # every actor is down: wait for one to come back
                 ready = []
                 time.sleep(0.5)
-            for obj in ready:
-                i, _ = inflight.pop(obj)
-                frag = pool.receive(obj, i)
+            actors = [inflight.pop(obj)[0] for obj in ready]
+            received = pool.receive_many(list(zip(ready, actors, strict=True)))
+            for i, frag in zip(actors, received, strict=True):
                 if i in pool.usable:
                     inflight[pool.submit(i, version, ref)] = (i, time.monotonic())  # never let an actor wait
                 if frag is None:
