@@ -13,15 +13,19 @@ No PPO update runs (that is the learner's cost, reported separately in docs/benc
 so this measures the actor side and the plumbing. The denominator is the batched env's rate
 on one core with the same B and a random policy (no network), measured in the same run.
 Efficiency = steps/s / (N x that rate). Medians of --repeats.
+A third row per N, "bare", is the control: N plain processes (no Ray, random policy) stepping
+the env at once, against the same denominator: the most any plumbing could reach here.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import ray
@@ -32,21 +36,45 @@ from actors.policy import ActorCritic
 from actors.worker import remote_worker_class
 
 
+def random_policy_rate(env: BatchedBipedEnv, seconds: float) -> float:
+    """Env steps/s of `env` stepped with uniform random actions for `seconds`."""
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        env.step(rng.uniform(-1, 1, (env.num_envs, 6)))
+        steps += env.num_envs
+    return steps / (time.perf_counter() - start)
+
+
 def single_core_rate(num_envs: int, seconds: float) -> float:
     pid = os.getpid()
     before = os.sched_getaffinity(pid)
     os.sched_setaffinity(pid, {sorted(before)[0]})
     try:
-        env = BatchedBipedEnv(num_envs)
-        env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            env.step(rng.uniform(-1, 1, (num_envs, 6)))
-            steps += num_envs
-        return steps / (time.perf_counter() - start)
+        return random_policy_rate(BatchedBipedEnv(num_envs), seconds)
     finally:
         os.sched_setaffinity(pid, before)
+
+
+def _bare_process(num_envs: int, seconds: float, start: Any, out: Any) -> None:
+    env = BatchedBipedEnv(num_envs)
+    start.wait()  # all processes step at the same time
+    out.put(random_policy_rate(env, seconds))
+
+
+def bare_processes_rate(n: int, num_envs: int, seconds: float) -> float:
+    """The hardware's own scaling: n plain processes (no Ray, no policy network, not pinned)
+    stepping the batched env at once; their summed env steps/s."""
+    ctx = mp.get_context("spawn")  # not fork: this process runs Ray
+    start, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_bare_process, args=(num_envs, seconds, start, out)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    rates = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return float(sum(rates))
 
 
 def system_rate(n: int, num_envs: int, fragment: int, seconds: float, mode: str) -> float:
@@ -100,13 +128,16 @@ def main() -> None:
             for mode in ("sync", "async"):
                 rate = system_rate(n, args.envs_per_actor, args.fragment_length, args.seconds, mode)
                 rows.append((n, mode, base, rate, rate / (n * base)))
+            bare = bare_processes_rate(n, args.envs_per_actor, args.seconds)
+            rows.append((n, "bare", base, bare, bare / (n * base)))
         ray.shutdown()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"ray {ray.__version__}; B={args.envs_per_actor}, T={args.fragment_length}, "
           f"{args.seconds:.0f}s per point, median of {args.repeats}")
+    print("(bare: N plain processes with a random policy, no Ray: what the machine itself scales to)")
     print(f"{'actors':>6} {'mode':>6} {'1-core batched env/s':>21} {'system env steps/s':>19} {'efficiency':>11}")
     for n in counts:
-        for mode in ("sync", "async"):
+        for mode in ("sync", "async", "bare"):
             sel = [r for r in rows if r[0] == n and r[1] == mode]
             base, rate, eff = (statistics.median(r[k] for r in sel) for k in (2, 3, 4))
             print(f"{n:>6} {mode:>6} {base:>21,.0f} {rate:>19,.0f} {eff:>10.2f}")
