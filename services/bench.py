@@ -35,6 +35,8 @@ WARMUP_ITERATIONS = 2
 class ScalePoint:
     actors: int
     mode: str
+    envs_per_actor: int
+    fragment_length: int
     env_steps_per_s: float
     learner_samples_per_s: float
     single_core_env_steps_per_s: float
@@ -80,7 +82,8 @@ def scale_point(cfg: C.Config, actors: int, seconds: float, base_rate: float) ->
         return sum(r[key] for r in recs) / wall
 
     return ScalePoint(
-        actors=actors, mode=run_cfg.train.mode, env_steps_per_s=rate,
+        actors=actors, mode=run_cfg.train.mode, envs_per_actor=run_cfg.env.envs_per_actor,
+        fragment_length=run_cfg.rollout.fragment_length, env_steps_per_s=rate,
         learner_samples_per_s=float(np.median([r["learner_samples_per_s"] for r in recs])),
         single_core_env_steps_per_s=base_rate, efficiency=rate / (actors * base_rate),
         policy_lag_mean=float(np.mean([r["policy_lag_mean"] for r in recs])),
@@ -107,7 +110,8 @@ def local_cluster(nodes: int, cpus_per_node: int) -> Iterator[Cluster]:
 
 
 def bench_scale(cfg: C.Config, actor_counts: list[int], seconds: float, out_dir: Path) -> list[ScalePoint]:
-    """Run every point, write scale.csv and scale.png into out_dir, return the points."""
+    """Run every point, write scale.csv, scale.png and the config the points trained with
+    (config.yaml; each point sets its own rollout.actors) into out_dir, return the points."""
     start_ray(cfg)
     base = ray.get(_single_core_rate.remote(cfg.env.id, cfg.env.envs_per_actor, min(10.0, seconds / 2)))
     log.info("single-core batched env rate (B=%d): %.0f env steps/s", cfg.env.envs_per_actor, base)
@@ -122,6 +126,7 @@ def bench_scale(cfg: C.Config, actor_counts: list[int], seconds: float, out_dir:
         writer.writeheader()
         writer.writerows(asdict(p) for p in points)
     _plot(points, out_dir / "scale.png")
+    C.save(cfg, out_dir / "config.yaml")
     return points
 
 

@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--local-nodes", type=int, default=0,
                     help="run on this many Ray nodes started on this machine (learner on a CPU-less head), "
                          "so trajectories and weights cross node boundaries (default: no extra nodes)")
+    sc.add_argument("--config", type=Path, help="YAML config the points train with (default: the built-in one)")
+    sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override a config field, e.g. --set rollout.fragment_length=256 (repeatable); "
+                         "--actors, --envs-per-actor, --mode and --env win over the config")
     so = bsub.add_parser("soak", help="a long run watching learner/actor memory and the object store")
     so.add_argument("--steps", type=int, default=1_000_000, help="env steps to train for (default 1M)")
     so.add_argument("--env", help="env id (default: the config's, else the biped)")
@@ -451,8 +455,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise C.ConfigError(f"--actors: counts must be >= 1, got {args.actors!r}")
     if args.seconds <= 0:
         raise C.ConfigError(f"--seconds: must be > 0, got {args.seconds}")
-    cfg = C.load(None, {"env.id": args.env, "env.envs_per_actor": args.envs_per_actor, "train.mode": args.mode,
-                        "train.address": args.address or "", "train.metrics_port": 0})
+    cfg = C.load(args.config, {**_set_overrides(args.overrides), "env.id": args.env,
+                               "env.envs_per_actor": args.envs_per_actor, "train.mode": args.mode,
+                               "train.address": args.address or "", "train.metrics_port": 0})
     C.validate(cfg)
     if args.local_nodes < 0 or (args.local_nodes and args.address):
         raise C.ConfigError("--local-nodes: must be >= 0, and cannot be combined with --address")

@@ -208,13 +208,24 @@ def test_time_to_walk_resume_needs_a_time_to_walk_folder(tmp_path: Path) -> None
 
 
 def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
+    # Also: --set reaches the points (fragment length, node relays) and the config is kept.
     out = tmp_path / "bench"
     done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "scale", "--actors", "2",
                            "--local-nodes", "2", "--seconds", "5", "--env", "Pendulum-v1", "--envs-per-actor", "4",
+                           "--set", "rollout.fragment_length=64", "--set", "rollout.node_relays=true",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((out / "scale.csv").open()))
     assert [int(r["actors"]) for r in rows] == [2] and float(rows[0]["env_steps_per_s"]) > 0
+    assert (int(rows[0]["envs_per_actor"]), int(rows[0]["fragment_length"])) == (4, 64)
+    kept = C.load(out / "config.yaml")
+    assert kept.rollout.fragment_length == 64 and kept.rollout.node_relays and kept.env.id == "Pendulum-v1"
+
+
+def test_bench_scale_names_a_bad_override() -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "stride"), "bench", "scale", "--set",
+                           "rollout.fragment_length=-3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "rollout.fragment_length" in done.stderr
 
 
 def test_time_to_walk_writes_strict_json() -> None:
