@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from actors.packing import PackedFragments, pack
 
@@ -28,7 +28,7 @@ from actors.packing import PackedFragments, pack
 class RelayResult:
     packed: PackedFragments | None  # the fragments that arrived and passed their checks, in order
     used: tuple[int, ...]  # their indices in the list `pack` was given
-    lost: tuple[int, ...]  # indices whose actor died before its fragment was made
+    lost: tuple[int, ...]  # indices whose actor (or the node holding the fragment) died
     rejected: tuple[tuple[int, str, int], ...]  # (index, why, env_errors) of fragments failing validate()
 
 
@@ -36,14 +36,15 @@ class FragmentRelay:
     def pack(self, refs: list[ray.ObjectRef]) -> RelayResult:
         """`refs` are fragment references made on this node (passed in a list, so Ray does not
         resolve them into the call: this method fetches them and sorts out the failures)."""
+        lost_errors = (RayActorError, ObjectLostError)  # the actor died, or the node holding the fragment
         try:
             got: list[Any] = ray.get(refs)  # one request for all: the common case
-        except RayActorError:  # some actor died: fetch one by one to tell which
+        except lost_errors:  # fetch one by one to tell which
             got = []
             for ref in refs:
                 try:
                     got.append(ray.get(ref))
-                except RayActorError:
+                except lost_errors:
                     got.append(None)
         frags, used, lost, rejected = [], [], [], []
         for k, frag in enumerate(got):

@@ -7,10 +7,10 @@ mode hold the whole round. Instead it gets a cheap probe (`node_id`), which Ray 
 actor is alive again; when the probe answers, the actor is usable again and its next sample
 call fetches the current weights (a restarted actor starts with none).
 
-Every loss is counted in the shared `Counters`: a fragment whose actor died (`lost_fragments`,
-`actor_failures`), an actor killed for sending nothing within `sample_timeout_s`
-(`actor_timeouts`, and its fragment lost), a fragment that fails validation
-(`rejected_fragments`: NaN/inf or wrong shapes). Ray runs each call at most once
+Every loss is counted in the shared `Counters`: a fragment whose actor died, or whose node died
+before the driver had it (`lost_fragments`, `actor_failures`), an actor killed for sending
+nothing within `sample_timeout_s` (`actor_timeouts`, and its fragment lost), a fragment that
+fails validation (`rejected_fragments`: NaN/inf or wrong shapes). Ray runs each call at most once
 (`max_task_retries=0`), so a lost fragment is never delivered twice or in part.
 
 With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
@@ -27,7 +27,7 @@ import logging
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.packing import unpack
@@ -78,7 +78,7 @@ class ActorPool:
         """The fragment `obj` from actor `i`, or None (counted) when its actor died or it is malformed."""
         try:
             frag = ray.get(obj)
-        except RayActorError as exc:
+        except (RayActorError, ObjectLostError) as exc:  # the actor died, or the node holding its fragment
             self._lost(i, type(exc).__name__)
             return None
         self.counters.env_errors += frag.env_errors

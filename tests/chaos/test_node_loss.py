@@ -7,11 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayActorError
 
-from learner.trainer import Trainer
+from learner import config as C
+from learner.actor_pool import ActorPool
+from learner.learner import Learner
+from learner.trainer import Counters, Trainer
 from tests.chaos.helpers import TrainerThread, records, small_config, wait_for
 
 
@@ -69,5 +73,35 @@ def test_losing_a_node_and_getting_it_back(tmp_path: Path) -> None:
     finally:
         if thread is not None and thread.is_alive():
             thread.stop()  # before Ray goes: a running trainer would start a new one
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize("relays", [False, True], ids=["direct", "relayed"])
+def test_fragments_on_a_node_that_dies_before_they_are_fetched_are_counted_lost(relays: bool) -> None:
+    # Made, still on their node (the driver waited without fetching, as with node relays), and
+    # then the node goes: Ray cannot rebuild an actor call's result, and the pool counts both
+    # fragments as lost instead of raising, whether it fetches them directly or through a relay.
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        node = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        # Fragments of ~0.5 MB: Ray keeps results under 100 kB with their owner (the driver),
+        # larger ones in the object store of the node that made them, where a node loss takes them.
+        cfg = C.load(None, {"env.id": "Pendulum-v1", "env.envs_per_actor": 8, "rollout.fragment_length": 4096,
+                            "rollout.node_relays": relays})
+        C.validate(cfg)
+        counters = Counters()
+        pool = ActorPool(cfg, counters, 2, seed=0)
+        assert pool.wait_ready(timeout=60) == 2 and set(pool.node_of.values()) == {node.node_id}
+        weights = [ray.put(Learner(cfg, 3, 1, "cpu").weights())]
+        refs = [pool.submit(i, 0, weights) for i in range(2)]
+        ray.wait(refs, num_returns=2, fetch_local=False, timeout=60)
+        cluster.remove_node(node)
+        assert pool.receive_many([(refs[0], 0), (refs[1], 1)]) == [None, None]
+        assert (counters.lost_fragments, counters.actor_failures, counters.relayed_fragments) == (2, 2, 0)
+        assert pool.usable == set()  # both wait for a probe: back once a node has room for them
+    finally:
         ray.shutdown()
         cluster.shutdown()
