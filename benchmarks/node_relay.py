@@ -26,7 +26,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.packing import unpack
+from actors.packing import ENV_AXIS_ARRAYS, unpack
 from actors.relay import remote_relay_class
 from actors.trajectory import Trajectory
 from learner import config as C
@@ -42,8 +42,7 @@ class FragmentMaker:
         self.frag, _ = biped_fragment()
 
     def make(self, k: int) -> Trajectory:
-        arrays = {n: getattr(self.frag, n).copy() for n in ("obs", "actions", "logp", "rewards", "terminated",
-                                                             "truncated", "final_obs")}
+        arrays = {n: getattr(self.frag, n).copy() for n in (*ENV_AXIS_ARRAYS, "final_obs")}
         return replace(self.frag, **arrays, fragment_id=f"0-0-{k}")
 
 
@@ -51,8 +50,9 @@ def ingest(pool: ActorPool, maker, k: int, relays: bool) -> tuple[float, float]:
     """(wall s, driver CPU s) to receive k fragments made on the maker's node."""
     refs = [maker.make.remote(j) for j in range(k)]
     ray.wait(refs, num_returns=k, fetch_local=False)  # made, still on their node
-    pool.cfg.rollout.node_relays = relays
+    pool.cfg.rollout.node_relays, pool.fetch_local = relays, not relays
     w0, c0 = time.perf_counter(), time.process_time()
+    ray.wait(refs, num_returns=k, fetch_local=pool.fetch_local)  # the trainer's wait: direct, it pulls them all
     got = pool.receive_many([(ref, j) for j, ref in enumerate(refs)])
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     if sum(f is not None for f in got) != k:
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--phases", action="store_true", help="also time each step of both paths")
     args = ap.parse_args()
+    counts = [int(x) for x in args.fragments.split(",")]
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         node = cluster.add_node(num_cpus=1)
@@ -116,7 +117,7 @@ def main() -> None:
         counters = Counters()
         pool = ActorPool(cfg, counters, 0, 0)  # no actors of its own: only its receive path
         rows = []
-        for k in (int(x) for x in args.fragments.split(",")):
+        for k in counts:
             pool.node_of = {j: node.node_id for j in range(k)}
             ingest(pool, maker, k, True)  # warm-up: the relay actor starts
             ingest(pool, maker, k, False)
@@ -128,9 +129,8 @@ def main() -> None:
                 walls, cpus = zip(*res[relays], strict=True)
                 rows.append((k, "relay" if relays else "direct", k / statistics.median(walls),
                              1e3 * statistics.median(cpus) / k))
-        steps = phases(maker, node.node_id, max(int(x) for x in args.fragments.split(",")), args.repeats) \
-            if args.phases else []
-        if counters.relayed_fragments != sum(int(x) for x in args.fragments.split(",")) * (args.repeats + 1):
+        steps = phases(maker, node.node_id, max(counts), args.repeats) if args.phases else []
+        if counters.relayed_fragments != sum(counts) * (args.repeats + 1):
             raise RuntimeError(f"the relay path took {counters.relayed_fragments} fragments; some fell back")
     finally:
         ray.shutdown()
@@ -144,7 +144,7 @@ def main() -> None:
         d, r = (next(x for x in rows if x[0] == k and x[1] == p) for p in ("direct", "relay"))
         print(f"K={k}: relay/direct wall rate {r[2] / d[2]:.2f}x, driver CPU per fragment {d[3] / r[3]:.2f}x less")
     if steps:
-        print(f"\nsteps for K={max(int(x) for x in args.fragments.split(','))}: {'wall ms':>10} {'driver CPU ms':>14}")
+        print(f"\nsteps for K={max(counts)}: {'wall ms':>10} {'driver CPU ms':>14}")
         for name, wall, cpu in steps:
             print(f"  {name:<34} {wall:>10.1f} {cpu:>14.2f}")
 

@@ -103,7 +103,7 @@ class ActorPool:
                  for node, poss in by_node.items() if len(poss) > 1}
         relayed = {p for _, poss in calls.values() for p in poss}
         direct = [pos for pos in range(len(items)) if pos not in relayed]
-        if len(direct) > 1:  # pull them all at once, where the caller waited without (fetch_local)
+        if not self.fetch_local and len(direct) > 1:  # the caller's wait left them on their nodes: pull all at once
             ray.wait([items[p][0] for p in direct], num_returns=len(direct), timeout=RELAY_TIMEOUT_S)
         out: list[Trajectory | None] = [None] * len(items)
         for pos in direct:  # while the relays pack
@@ -130,7 +130,7 @@ class ActorPool:
     def _apply(self, result: RelayResult, actors: list[int], poss: list[int], out: list[Trajectory | None]) -> None:
         """Counts what a relay found, and puts its fragments at their positions in `out`."""
         for k in result.lost:
-            self._lost(actors[k], "its actor died")
+            self._lost(actors[k], "its actor, or the node holding its fragment, died")
         for k, why, env_errors in result.rejected:
             self.counters.env_errors += env_errors
             self._rejected(actors[k], why)

@@ -16,6 +16,7 @@ from actors.packing import unpack
 from actors.relay import remote_relay_class
 from learner import config as C
 from learner.trainer import Trainer
+from services.bench import local_cluster
 from tests.test_packing import assert_same
 
 
@@ -76,11 +77,9 @@ class FragmentMaker:
 
 
 def test_a_node_relay_packs_its_nodes_fragments_and_sorts_out_failures() -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        node = cluster.add_node(num_cpus=2)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="WARNING")
+    # local_cluster: the driver attaches to the CPU-less head before the worker node exists.
+    with local_cluster(nodes=1, cpus_per_node=2) as cluster:
+        (node,) = cluster.worker_nodes
         here = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
         maker = FragmentMaker.options(scheduling_strategy=here).remote()
         doomed = FragmentMaker.options(scheduling_strategy=here).remote()
@@ -94,20 +93,12 @@ def test_a_node_relay_packs_its_nodes_fragments_and_sorts_out_failures() -> None
         assert "NaN" in result.rejected[0][1]
         for got, seed in zip(unpack(result.packed), (0, 2), strict=True):
             assert_same(got, _fragment(seed))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_training_with_node_relays_survives_a_relay_dying(tmp_path: Path) -> None:
     # The driver on a CPU-less head, two actors on each of two nodes: every fragment crosses a
     # node boundary and each node's two come as one packed object.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=2)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="WARNING")
+    with local_cluster(nodes=2, cpus_per_node=2):
         cfg = C.load(None, {"env.id": "Pendulum-v1", "env.envs_per_actor": 4, "rollout.actors": 4,
                             "rollout.fragment_length": 32, "rollout.node_relays": True, "ppo.minibatches": 4,
                             "ppo.epochs": 1, "train.total_steps": 8 * 4 * 4 * 32, "train.video": False,
@@ -138,6 +129,3 @@ def test_training_with_node_relays_survives_a_relay_dying(tmp_path: Path) -> Non
         assert killed == [12]  # 3 rounds x 4 fragments, all relayed
         # The round after the kill fetched that node's two directly; the other rounds relayed all 4.
         assert recs[-1]["relayed_fragments"] == 4 * len(recs) - 2
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

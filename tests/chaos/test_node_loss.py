@@ -16,6 +16,7 @@ from learner import config as C
 from learner.actor_pool import ActorPool
 from learner.learner import Learner
 from learner.trainer import Counters, Trainer
+from services.bench import local_cluster
 from tests.chaos.helpers import TrainerThread, records, small_config, wait_for
 
 
@@ -82,11 +83,8 @@ def test_fragments_on_a_node_that_dies_before_they_are_fetched_are_counted_lost(
     # Made, still on their node (the driver waited without fetching, as with node relays), and
     # then the node goes: Ray cannot rebuild an actor call's result, and the pool counts both
     # fragments as lost instead of raising, whether it fetches them directly or through a relay.
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        node = cluster.add_node(num_cpus=2)
-        cluster.wait_for_nodes()
+    with local_cluster(nodes=1, cpus_per_node=2) as cluster:
+        (node,) = cluster.worker_nodes
         # Fragments of ~0.5 MB: Ray keeps results under 100 kB with their owner (the driver),
         # larger ones in the object store of the node that made them, where a node loss takes them.
         cfg = C.load(None, {"env.id": "Pendulum-v1", "env.envs_per_actor": 8, "rollout.fragment_length": 4096,
@@ -102,6 +100,3 @@ def test_fragments_on_a_node_that_dies_before_they_are_fetched_are_counted_lost(
         assert pool.receive_many([(refs[0], 0), (refs[1], 1)]) == [None, None]
         assert (counters.lost_fragments, counters.actor_failures, counters.relayed_fragments) == (2, 2, 0)
         assert pool.usable == set()  # both wait for a probe: back once a node has room for them
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
