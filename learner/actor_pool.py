@@ -24,6 +24,7 @@ fetched directly: what arrives and what is counted is the same either way.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import ray
@@ -38,7 +39,8 @@ from learner.config import Config
 
 log = logging.getLogger("stride")
 
-RELAY_TIMEOUT_S = 30.0  # most a relay may take to pack fragments that are already made
+RELAY_TIMEOUT_S = 30.0
+PROBE_RETRY_S = 1.0  # a probe unanswered this long is sent again (a tiny task per down actor)
 
 
 class ActorPool:
@@ -51,7 +53,10 @@ class ActorPool:
         ]
         # Every actor starts down: it is usable once Ray has placed it and its probe answers.
         self.usable: set[int] = set()
-        self.probes: dict[ray.ObjectRef, int] = {w.node_id.remote(): i for i, w in enumerate(self.workers)}
+        self.probes: dict[ray.ObjectRef, int] = {}
+        self.probe_sent: dict[ray.ObjectRef, float] = {}
+        for i in range(num_actors):
+            self._probe(i)
         self.node_of: dict[int, str] = {}  # where each actor was when its probe last answered
         self.own_node = ray.get_runtime_context().get_node_id()
         self.relays: dict[str, Any] = {}  # node id -> FragmentRelay handle, made when first needed
@@ -169,20 +174,34 @@ class ActorPool:
     def _mark_down(self, i: int) -> None:
         self.usable.discard(i)
         if i not in self.probes.values():
-            self.probes[self.workers[i].node_id.remote()] = i
+            self._probe(i)
+
+    def _probe(self, i: int) -> None:
+        obj = self.workers[i].node_id.remote()
+        self.probes[obj] = i
+        self.probe_sent[obj] = time.monotonic()
 
     def revived(self) -> list[int]:
         """Down actors whose probe has answered since the last call: usable again."""
         if not self.probes:
             return []
-        ready, _ = ray.wait(list(self.probes), num_returns=len(self.probes), timeout=0)
+        ready, waiting = ray.wait(list(self.probes), num_returns=len(self.probes), timeout=0)
+        now = time.monotonic()
+        for obj in waiting:
+            # A probe sent while Ray still took the actor for merely unreachable can stay unanswered
+            # after the actor has restarted: ask again rather than wait on it forever.
+            if now - self.probe_sent[obj] > PROBE_RETRY_S:
+                ray.cancel(obj)
+                del self.probe_sent[obj]
+                self._probe(self.probes.pop(obj))
         back = []
         for obj in ready:
             i = self.probes.pop(obj)
+            del self.probe_sent[obj]
             try:
                 self.node_of[i] = ray.get(obj, timeout=0)
-            except (RayActorError, GetTimeoutError):  # still restarting (or gone for good): ask again
-                self.probes[self.workers[i].node_id.remote()] = i
+            except (RayActorError, GetTimeoutError, ray.exceptions.TaskCancelledError):  # restarting: ask again
+                self._probe(i)
                 continue
             log.debug("rollout actor %d is up", i)
             self.usable.add(i)
@@ -192,5 +211,5 @@ class ActorPool:
     def shutdown(self) -> None:
         for w in [*self.workers, *self.relays.values()]:
             ray.kill(w, no_restart=True)
-        self.workers, self.probes, self.relays = [], {}, {}
+        self.workers, self.probes, self.probe_sent, self.relays = [], {}, {}, {}
         self.usable = set()
