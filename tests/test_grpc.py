@@ -398,33 +398,65 @@ def test_remote_actor_process_feeds_a_real_training_run(tmp_path: Path) -> None:
 
     import ray
 
+    # The run lasts until the learner has trained on 8 remote fragments (the step budget, far
+    # above that, is only a bound): a fixed short budget raced the actor process's start-up, which
+    # on a busy machine could outlast the run (the actor then met a closed port and sent nothing).
     cfg = C.load(None, {"env.id": "Pendulum-v1", "env.envs_per_actor": 4, "rollout.actors": 1,
                         "rollout.fragment_length": 32, "ppo.minibatches": 4, "ppo.epochs": 1,
                         "train.mode": "async", "train.max_policy_lag": 3, "train.fragments_per_update": 2,
-                        "train.total_steps": 150 * 128, "train.video": False, "train.checkpoint_every": 1000})
+                        "train.total_steps": 20_000 * 128, "train.video": False, "train.checkpoint_every": 1000})
     C.validate(cfg)
+
+    class StopAfterRemoteFragments:
+        def __init__(self) -> None:
+            self.remote = 0
+            self.trainer: Trainer | None = None
+
+        def on_iteration(self, record: dict, episodes: object) -> None:
+            self.remote += sum(w >= es.REMOTE_WORKER_BASE for w in record["fragment_workers"])
+            if self.remote >= 8 and self.trainer is not None:
+                self.trainer.request_stop()
+
+        def on_checkpoint(self, path: Path, when: float) -> None:
+            pass
+
     # Ray before the gRPC server, as `stride train --experience-port` does: ray.init forks, and a
     # fork while gRPC's threads run can abort the child (the raylet then never registers).
     start_local_ray(num_cpus=1)
     hub = es.ExperienceHub(3, 1, max_lag=3)
     server = Server(es.register(es.ExperienceServicer(hub)))
-    trainer = Trainer(cfg, tmp_path, external=hub)
-    thread = threading.Thread(target=trainer.run, daemon=True)
+    stopper = StopAfterRemoteFragments()
+    trainer = Trainer(cfg, tmp_path, external=hub, observers=[stopper])
+    stopper.trainer = trainer
+    stopped = []
+
+    def train() -> None:
+        try:
+            trainer.run()
+        except KeyboardInterrupt:  # how `run` reports a requested stop, after its checkpoint
+            stopped.append(True)
+
+    thread = threading.Thread(target=train, daemon=True)
     thread.start()
     actor = subprocess.Popen([str(Path(sys.executable).parent / "stride"), "actor", "--connect", server.address,
-                              "--env", "Pendulum-v1", "--envs", "4", "--fragment-length", "32", "--seconds", "120"],
+                              "--env", "Pendulum-v1", "--envs", "4", "--fragment-length", "32", "--seconds", "200"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        thread.join(timeout=240)
-        assert not thread.is_alive()
+        thread.join(timeout=180)
+        timed_out = thread.is_alive()
+        if timed_out:  # no remote fragments in time: stop the run cleanly, then fail below
+            trainer.request_stop()
+            thread.join(timeout=60)
     finally:
         actor.terminate()
         out, err = actor.communicate(timeout=30)
         server.stop(0)
         ray.shutdown()
+    assert stopped and not timed_out, err[-2000:]  # it stopped on the remote fragments
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    remote = [w for r in recs for w in r["fragment_workers"] if w >= es.REMOTE_WORKER_BASE]
-    assert len(remote) >= 5, err[-2000:]
+    workers = [w for r in recs for w in r["fragment_workers"]]
+    assert sum(w >= es.REMOTE_WORKER_BASE for w in workers) >= 8, err[-2000:]
+    assert any(w < es.REMOTE_WORKER_BASE for w in workers)  # Ray's actor trained alongside it
     for r in recs:  # remote fragments obey the same staleness rule
         assert all(r["policy_version"] - v <= 3 for v in r["fragment_versions"])
 
