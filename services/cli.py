@@ -391,7 +391,6 @@ def _new_folder(kind: str) -> Path:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from learner import config as C
-    from services.bench import bench_scale
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.bench == "time-to-walk":
@@ -434,14 +433,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return 130
         return 0 if r.reached else 1
     if args.bench == "soak":
-        from services.soak import print_report, soak
-
         flags = {"env.id": args.env, "rollout.actors": args.actors, "train.mode": args.mode}
         cfg = C.load(args.config, {**{k: v for k, v in flags.items() if v is not None},
                                    "train.total_steps": args.steps, "train.address": args.address or "",
                                    "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100,
                                    **_set_overrides(args.overrides)})
         C.validate(cfg)
+        from services.soak import print_report, soak  # torch and Ray: after the config is known good
+
         out = args.out or _new_folder("soak")
         report = soak(cfg, out)
         print_report(report)
@@ -461,6 +460,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     C.validate(cfg)
     if args.local_nodes < 0 or (args.local_nodes and args.address):
         raise C.ConfigError("--local-nodes: must be >= 0, and cannot be combined with --address")
+    from services.bench import bench_scale  # torch and Ray: after the options are known good
+
     if args.local_nodes:
         from learner.config import local_cpus
         from services.bench import local_cluster

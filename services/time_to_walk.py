@@ -31,12 +31,13 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.trajectory import EpisodeStats
 from learner import config as C
-from learner.evaluate import evaluate
-from learner.trainer import Trainer
+
+if TYPE_CHECKING:  # torch and Ray load with these (~4 s): the CLI checks its options first
+    from learner.trainer import Trainer
 
 log = logging.getLogger("stride")
 
@@ -104,6 +105,8 @@ class _StopAtReturn:
         now = time.perf_counter() - self.start
         if now - (self.curve[-1].wall_seconds if self.curve else 0.0) < self.eval_every:
             return
+        from learner.evaluate import evaluate
+
         ev = evaluate(self.run_dir, self.eval_episodes)  # the checkpoint just written is the latest
         now = time.perf_counter() - self.start
         point = EvalPoint(now, ev.env_steps, self.last[2], ev.mean_return, ev.std_return, ev.mean_length,
@@ -193,6 +196,9 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
                  video: bool = True, stop_on: str = "train", eval_every: float = 0.0,
                  eval_episodes: int = 10, resume: bool = False) -> TimeToWalk:
+    from learner.evaluate import evaluate
+    from learner.trainer import Trainer
+
     check_options(stop_on, eval_every, eval_episodes)
     elapsed, curve = 0.0, []
     if resume:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from learner import config as C
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +83,8 @@ def test_time_to_walk_stops_at_the_threshold_and_reports(tmp_path: Path) -> None
     assert saved.env.id == "Pendulum-v1" and saved.rollout.actors == 2 and saved.train.max_seconds == 240
 
 
+# slow: the default run's resume test also stops on evaluations (--stop-on eval); this one checks the stop itself
+@pytest.mark.slow
 def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> None:
     """--stop-on eval: the deterministic policy is evaluated every few seconds (on the next
     checkpoint) and the run stops at the first evaluation that reaches the threshold."""
@@ -107,8 +111,6 @@ def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> Non
 def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Path) -> None:
     """`stride bench time-to-walk --max-seconds 3600` with the built-in config used to stop at its
     3 M steps after a few minutes; now time bounds it, at a constant learning rate."""
-    import pytest
-
     from learner.config import NO_STEP_LIMIT
     from services.time_to_walk import time_budget
 
@@ -124,6 +126,8 @@ def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Pat
         time_budget(config, {})
 
 
+# slow: the rule itself (time_budget) is checked above without a run
+@pytest.mark.slow
 def test_time_to_walk_without_a_step_budget_runs_until_its_time(tmp_path: Path) -> None:
     config = tmp_path / "pendulum-no-steps.yaml"
     config.write_text("\n".join(line for line in (ROOT / "configs" / "pendulum.yaml").read_text().splitlines()
@@ -207,6 +211,8 @@ def test_time_to_walk_resume_needs_a_time_to_walk_folder(tmp_path: Path) -> None
     assert sorted(p.name for p in train_run.iterdir()) == ["config.yaml"]  # nothing started
 
 
+# slow: the default run crosses nodes in tests/test_multinode.py and tests/chaos/test_node_loss.py
+@pytest.mark.slow
 def test_bench_scale_on_several_local_nodes(tmp_path: Path) -> None:
     # Also: --set reaches the points (fragment length, node relays) and the config is kept.
     out = tmp_path / "bench"

@@ -37,23 +37,16 @@ def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return value
 
 
-def test_pendulum_learns_through_crashing_stalling_and_nan_envs(tmp_path: Path) -> None:
-    faults = {"env_id": "Pendulum-v1", "crash_prob": 2e-4, "stall_prob": 5e-5, "stall_seconds": 3600.0,
-              "nan_prob": 1e-4, "fault_seed": 3}
-    cfg = C.load(ROOT / "configs" / "pendulum.yaml", {
-        "env.id": "stride/Chaos-v0", "env.kwargs": faults, "rollout.actors": 2, "rollout.sample_timeout_s": 4.0,
-        "train.metrics_port": 0, "train.checkpoint_every": 1000})
-    C.validate(cfg)
+def _train_through_faults(tmp_path: Path, cfg: C.Config) -> tuple[list[dict], dict]:
+    """Run `cfg` with the trainer's Prometheus metrics and check that every kind of fault happened
+    and was counted, in the run's records and in Prometheus; return the records and the last one."""
     metrics = StrideMetrics(CollectorRegistry(), run_id="chaos", mode="sync")
     Trainer(cfg, tmp_path, observers=[metrics]).run()
     recs = records(tmp_path)
     last = recs[-1]
-    returns = [r["episode_return_mean"] for r in recs if r["episode_return_mean"] is not None]
     assert last["env_steps"] >= cfg.train.total_steps
-    assert np.mean(returns[-3:]) > -500, returns  # it still learned to swing up and balance
-    # Every kind of fault happened and was counted, in the record and in Prometheus.
     assert last["env_errors"] >= 5  # crashes: caught in the actor, envs reset, run goes on
-    assert last["actor_timeouts"] >= 1  # stalls: actor killed after 4 s, restarted
+    assert last["actor_timeouts"] >= 1  # stalls: actor killed after sample_timeout_s, restarted
     assert last["rejected_fragments"] >= 1  # NaN: fragment refused before it reached the learner
     assert _metric(metrics.registry, "stride_env_errors_total") == last["env_errors"]
     assert _metric(metrics.registry, "stride_actor_restarts_total", cause="timeout") == last["actor_timeouts"]
@@ -64,8 +57,31 @@ def test_pendulum_learns_through_crashing_stalling_and_nan_envs(tmp_path: Path) 
     for v in torch.load(newest, weights_only=False)["model"].values():
         assert torch.isfinite(v).all()
     print(f"faults counted: {last['env_errors']} env errors, {last['actor_timeouts']} stalled actors restarted, "
-          f"{last['rejected_fragments']} NaN fragments rejected, {last['lost_fragments']} fragments lost; "
-          f"final return {np.mean(returns[-3:]):.0f}")
+          f"{last['rejected_fragments']} NaN fragments rejected, {last['lost_fragments']} fragments lost")
+    return recs, last
+
+
+def test_crashing_stalling_and_nan_envs_are_caught_counted_and_survived(tmp_path: Path) -> None:
+    """The default run's version: faults ten times as often, over a short run, so each kind shows
+    up within ~10k steps; whether PPO still learns through them is the slow test below."""
+    faults = {"env_id": "Pendulum-v1", "crash_prob": 2e-3, "stall_prob": 1e-4, "stall_seconds": 3600.0,
+              "nan_prob": 1e-3, "fault_seed": 3}
+    cfg = small_config(**{"env.id": "stride/Chaos-v0", "env.kwargs": faults, "rollout.sample_timeout_s": 4.0,
+                          "train.total_steps": 30 * 256, "train.checkpoint_every": 1000})
+    _train_through_faults(tmp_path, cfg)
+
+
+@pytest.mark.slow
+def test_pendulum_learns_through_crashing_stalling_and_nan_envs(tmp_path: Path) -> None:
+    faults = {"env_id": "Pendulum-v1", "crash_prob": 2e-4, "stall_prob": 5e-5, "stall_seconds": 3600.0,
+              "nan_prob": 1e-4, "fault_seed": 3}
+    cfg = C.load(ROOT / "configs" / "pendulum.yaml", {
+        "env.id": "stride/Chaos-v0", "env.kwargs": faults, "rollout.actors": 2, "rollout.sample_timeout_s": 4.0,
+        "train.metrics_port": 0, "train.checkpoint_every": 1000})
+    C.validate(cfg)
+    recs, _ = _train_through_faults(tmp_path, cfg)
+    returns = [r["episode_return_mean"] for r in recs if r["episode_return_mean"] is not None]
+    assert np.mean(returns[-3:]) > -500, returns  # it still learned to swing up and balance
 
 
 def test_a_diverging_loss_stops_the_run_with_a_last_good_checkpoint(tmp_path: Path) -> None:
