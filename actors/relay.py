@@ -8,7 +8,8 @@ the nodes too) and returns one `PackedFragments`: one cross-node object instead 
 
 A fragment whose actor died comes back as `lost`, one that fails its checks as `rejected`; any
 other error of the fragment's task (the actor's code raised) is raised from `pack`, and the
-driver then fetches that node's fragments itself, which raises it as a plain `ray.get` would.
+driver then fetches that node's fragments itself, where it is counted (`sample_errors`) and the
+actor restarted, as without relays.
 The objects belong to the driver, so a relay that dies loses nothing: the driver falls back to
 fetching those fragments directly.
 """

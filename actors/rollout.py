@@ -100,7 +100,8 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
     Env exceptions are survived: the envs are reset, the error is counted in
     `Trajectory.env_errors`, and the episodes the reset cut short are marked truncated at the
     previous step (bootstrapping from the last real observation), so no transition that did not
-    happen enters the fragment.
+    happen enters the fragment. A non-finite observation or reward ends the fragment there
+    (the envs are reset), and the fragment keeps it, so the learner refuses the fragment whole.
     """
     assert s.policy is not None
     start = time.perf_counter()
@@ -155,14 +156,20 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         s.obs = np.asarray(next_obs, dtype=np.float32)
         t += 1
         if not (np.isfinite(s.obs).all() and np.isfinite(r).all()):
-            # The fragment now holds NaN/inf: the learner rejects (and counts) it whole. Reset the
-            # envs so the policy never acts on a bad observation and the next fragment is clean.
+            # The learner rejects (and counts) a fragment holding NaN/inf whole, so the bad
+            # observation is kept in it (obs[t]), where the loop would overwrite it with the reset
+            # one, and the rest of the fragment is not sampled: it would be thrown away with it.
+            # The envs are reset so the policy never acts on a bad observation and the next
+            # fragment is clean.
             log.warning("worker %d: non-finite observation or reward at step %d; resetting its envs",
                         s.worker_id, t - 1)
+            obs[t] = s.obs
             s.obs = s._reset()
             s.ep_return[:] = 0.0
             s.ep_length[:] = 0
-    obs[num_steps] = s.obs
+            break
+    else:
+        obs[num_steps] = s.obs
     return Trajectory(
         obs=obs,
         actions=actions,

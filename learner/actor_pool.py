@@ -10,8 +10,12 @@ call fetches the current weights (a restarted actor starts with none).
 Every loss is counted in the shared `Counters`: a fragment whose actor died, or whose node died
 before the driver had it (`lost_fragments`, `actor_failures`), an actor killed for sending
 nothing within `sample_timeout_s` (`actor_timeouts`, and its fragment lost), a fragment that
-fails validation (`rejected_fragments`: NaN/inf or wrong shapes). Ray runs each call at most once
-(`max_task_retries=0`), so a lost fragment is never delivered twice or in part.
+fails validation (`rejected_fragments`: NaN/inf or wrong shapes), a sample call that raised
+(`sample_errors`: the actor's own code failed, its process lives on; the fragment is lost and the
+actor killed for a restart, so it starts again with fresh envs). Ray runs each call at most once
+(`max_task_retries=0`), so a lost fragment is never delivered twice or in part. An actor whose
+calls raise `rollout.max_sample_errors` times in a row raises `RolloutFailed`: a broken env fails
+every call, and restarting it for ever would hide that.
 
 With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
 through one `FragmentRelay` per node (actors/relay.py): one object per node and round instead of
@@ -28,7 +32,7 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.packing import unpack
@@ -41,6 +45,10 @@ log = logging.getLogger("stride")
 
 RELAY_TIMEOUT_S = 30.0
 PROBE_RETRY_S = 1.0  # a probe unanswered this long is sent again (a tiny task per down actor)
+
+
+class RolloutFailed(RuntimeError):
+    """An actor's sample calls raised rollout.max_sample_errors times in a row."""
 
 
 class ActorPool:
@@ -64,6 +72,7 @@ class ActorPool:
         # as soon as it is made overlaps the transfers with the actors still sampling; with them,
         # a fragment pulled here would cross the network twice (here, and packed by its relay).
         self.fetch_local = not cfg.rollout.node_relays
+        self.errors_in_a_row: dict[int, int] = {}  # actor -> sample calls that raised since its last fragment
 
     def wait_ready(self, timeout: float) -> int:
         """Wait up to `timeout` s for every actor to start; returns how many did. The others
@@ -86,6 +95,10 @@ class ActorPool:
         except (RayActorError, ObjectLostError) as exc:  # the actor died, or the node holding its fragment
             self._lost(i, type(exc).__name__)
             return None
+        except RayTaskError as exc:  # the actor's code raised; its process lives on
+            self._sample_failed(i, exc)
+            return None
+        self.errors_in_a_row[i] = 0
         self.counters.env_errors += frag.env_errors
         try:
             frag.validate()
@@ -137,10 +150,12 @@ class ActorPool:
         for k in result.lost:
             self._lost(actors[k], "its actor, or the node holding its fragment, died")
         for k, why, env_errors in result.rejected:
+            self.errors_in_a_row[actors[k]] = 0
             self.counters.env_errors += env_errors
             self._rejected(actors[k], why)
         if result.packed is not None:
             for k, frag in zip(result.used, unpack(result.packed), strict=True):
+                self.errors_in_a_row[actors[k]] = 0
                 self.counters.env_errors += frag.env_errors
                 self.counters.relayed_fragments += 1
                 out[poss[k]] = frag
@@ -156,6 +171,23 @@ class ActorPool:
         self.counters.actor_failures += 1
         self.counters.lost_fragments += 1
         log.warning("rollout actor %d died (%s); its fragment is lost, Ray restarts it", i, why)
+        self._mark_down(i)
+
+    def _sample_failed(self, i: int, exc: RayTaskError) -> None:
+        """Actor `i`'s sample call raised: count it, lose its fragment, restart the actor (its envs
+        may be left half-stepped), or raise RolloutFailed when that keeps happening."""
+        self.counters.sample_errors += 1
+        self.counters.lost_fragments += 1
+        n = self.errors_in_a_row[i] = self.errors_in_a_row.get(i, 0) + 1
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        why = f"{type(cause).__name__}: {cause}"
+        limit = self.cfg.rollout.max_sample_errors
+        if n >= limit:
+            raise RolloutFailed(f"rollout actor {i}'s sample call raised {n} times in a row "
+                                f"(rollout.max_sample_errors = {limit}); the last error: {why}") from exc
+        log.warning("rollout actor %d's sample call raised (%d in a row, %d stop the run); its fragment is lost "
+                    "and the actor restarted. %s", i, n, limit, exc)
+        ray.kill(self.workers[i], no_restart=False)
         self._mark_down(i)
 
     def _rejected(self, i: int, why: str) -> None:

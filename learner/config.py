@@ -44,6 +44,12 @@ class RolloutConfig:
     """How often Ray may restart a dead actor (-1: without limit)."""
     sample_timeout_s: float = 300.0
     """A fragment not back after this long counts as lost (hung actor); the actor is restarted."""
+    max_sample_errors: int = 3
+    """Sample calls of one actor that may raise in a row (its env's reset raised, or more than 100
+    env errors in one fragment) before the run stops with `RolloutFailed`, after a checkpoint.
+    Each one loses its fragment (counted in `sample_errors`) and restarts the actor with fresh envs;
+    a fragment from that actor resets the count. A broken env fails every call: this stops it in
+    a few rounds instead of restarting actors for ever."""
     node_relays: bool = False
     """Fetch the fragments of actors on other nodes through one relay per node, which packs that
     node's fragments of a round into one object (fewer, larger transfers into the learner). Off
@@ -321,6 +327,7 @@ def validate(cfg: Config) -> None:
     _check(r.actors >= 0, "rollout.actors", f"must be >= 0 (0 = one per CPU), got {r.actors}")
     _check(r.fragment_length >= 1, "rollout.fragment_length", f"must be >= 1, got {r.fragment_length}")
     _check(r.sample_timeout_s > 0, "rollout.sample_timeout_s", f"must be > 0, got {r.sample_timeout_s}")
+    _check(r.max_sample_errors >= 1, "rollout.max_sample_errors", f"must be >= 1, got {r.max_sample_errors}")
     _check(p.loss in ("clip", "penalty"), "ppo.loss", f"must be 'clip' or 'penalty', got {p.loss!r}")
     _check(0.0 <= p.gamma <= 1.0, "ppo.gamma", f"must be in [0, 1], got {p.gamma}")
     _check(0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda", f"must be in [0, 1], got {p.gae_lambda}")

@@ -13,7 +13,9 @@ lost and the round goes on without it; the actor, restarted by Ray, is used agai
 says it is back, with the current weights. An actor that sends nothing within sample_timeout_s
 is killed for a restart. A batch whose loss is non-finite is skipped (the learner restores its
 weights); `max_bad_updates` of them in a row stop the run with `TrainingDiverged` after a
-checkpoint of the last good weights. A periodic checkpoint that cannot be written (disk full)
+checkpoint of the last good weights. A sample call that raised loses its fragment and restarts
+its actor; `rollout.max_sample_errors` in a row from one actor stop the run with `RolloutFailed`
+after a checkpoint. A periodic checkpoint that cannot be written (disk full)
 is logged and counted, the previous one stays, and training goes on.
 """
 
@@ -37,7 +39,7 @@ import torch
 
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
 from learner import checkpoint
-from learner.actor_pool import ActorPool
+from learner.actor_pool import ActorPool, RolloutFailed
 from learner.config import NO_STEP_LIMIT, Config, local_cpus, ray_address, resolve_device
 from learner.learner import Learner
 
@@ -58,6 +60,7 @@ class Counters:
     actor_timeouts: int = 0
     checkpoint_failures: int = 0
     relayed_fragments: int = 0  # fragments that came through a node's relay (rollout.node_relays)
+    sample_errors: int = 0  # sample calls that raised (the actor's code failed); each loses its fragment
 
 
 class TrainingDiverged(RuntimeError):
@@ -348,6 +351,7 @@ class Trainer:
             signal.signal(s, self._on_signal)
         interrupted = False
         diverged: str | None = None
+        rollout_failed: RolloutFailed | None = None
         try:
             with self.metrics_path.open("a") as metrics:
                 t_iter = time.perf_counter()
@@ -383,6 +387,8 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: writing a checkpoint before stopping")
+        except RolloutFailed as exc:  # a broken env: keep what was learnt, then say what broke
+            rollout_failed = exc
         finally:
             self.progress.close()
             for s, handler in old_handlers.items():
@@ -396,6 +402,9 @@ class Trainer:
                 f"the loss was non-finite in {self._bad_updates} updates in a row (last: {diverged}); stopped. "
                 f"The last good weights are in {path}: lower ppo.lr or ppo.reward_scale, or check the env's "
                 f"rewards, then resume with `stride train --resume {self.run_dir}`")
+        if rollout_failed is not None:
+            raise RolloutFailed(f"{rollout_failed}. Stopped; the weights so far are in {path}: fix the env, then "
+                                f"resume with `stride train --resume {self.run_dir}`") from rollout_failed
         if interrupted or self._stop:
             raise KeyboardInterrupt
         return last

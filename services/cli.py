@@ -252,6 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
 
+    from learner.actor_pool import RolloutFailed
     from learner.evaluate import final_video, plot_curve
     from learner.trainer import Trainer, TrainingDiverged
     from services.metrics import StrideMetrics, serve
@@ -299,6 +300,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         except TrainingDiverged as exc:
             log.error("%s", exc)
             last, code = {}, 3
+        except RolloutFailed as exc:
+            log.error("%s", exc)
+            last, code = {}, 4
     finally:
         if server is not None:
             server.shutdown()

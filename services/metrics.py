@@ -91,8 +91,9 @@ class StrideMetrics:
         self.actors_alive = gauge("stride_actors_alive", "Rollout actors whose last fragment arrived").labels(*ids)
         self.actors_configured = gauge("stride_actors", "Rollout actors the run was started with").labels(*ids)
         self.actor_restarts = counter("stride_actor_restarts",
-                                      "Rollout actors lost and restarted, by cause (died, or timeout: stalled "
-                                      "past rollout.sample_timeout_s and killed)", "cause")
+                                      "Rollout actors lost and restarted, by cause (died; timeout: stalled "
+                                      "past rollout.sample_timeout_s and killed; error: a sample call "
+                                      "raised and the actor was killed)", "cause")
         self.fragments_dropped = counter("stride_fragments_dropped",
                                          "Fragments not trained on, by reason (stale, lost, rejected)", "reason")
         self.env_errors = counter("stride_env_errors",
@@ -116,7 +117,7 @@ class StrideMetrics:
             self.phase_seconds_total.labels(*ids, phase)
         for reason in ("stale", "lost", "rejected"):
             self.fragments_dropped.labels(*ids, reason)
-        for cause in ("died", "timeout"):
+        for cause in ("died", "timeout", "error"):
             self.actor_restarts.labels(*ids, cause)
         self._seen: dict[str, float] = {}
 
@@ -170,6 +171,7 @@ class StrideMetrics:
         self.actors_configured.set(rec["actors"])
         self._inc_to(self.actor_restarts.labels(*ids, "died"), "actor_failures", rec["actor_failures"])
         self._inc_to(self.actor_restarts.labels(*ids, "timeout"), "actor_timeouts", rec["actor_timeouts"])
+        self._inc_to(self.actor_restarts.labels(*ids, "error"), "sample_errors", rec["sample_errors"])
         self._inc_to(self.checkpoint_failures, "checkpoint_failures", rec["checkpoint_failures"])
         self._inc_to(self.fragments_dropped.labels(*ids, "stale"), "dropped_fragments", rec["dropped_fragments"])
         self._inc_to(self.fragments_dropped.labels(*ids, "lost"), "lost_fragments", rec["lost_fragments"])
@@ -188,7 +190,7 @@ class StrideMetrics:
 
 # Cumulative counters of the trainer's record that map onto Prometheus counters.
 COUNTED = ("dropped_fragments", "lost_fragments", "rejected_fragments", "actor_failures", "actor_timeouts",
-           "checkpoint_failures", "env_errors")
+           "sample_errors", "checkpoint_failures", "env_errors")
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> Any:

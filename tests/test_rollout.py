@@ -64,3 +64,34 @@ def test_a_fragment_with_a_final_obs_per_step_is_refused() -> None:
     bad = Trajectory(**{**frag.__dict__, "final_obs": np.zeros((8, 2, 3), np.float32)})
     with pytest.raises(ValueError, match=r"final_obs has shape \(8, 2, 3\), expected \(0,\)"):
         bad.validate()
+
+
+class _InfObservationAt(gym.Wrapper):
+    """Pendulum whose `bad_step`-th step returns an inf observation and a finite reward (an env
+    whose reward does not come from its observation, so only the observation shows the fault)."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__(gym.make("Pendulum-v1"))
+        self.bad_step, self.steps = bad_step, 0
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, term, trunc, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == self.bad_step:
+            obs = np.full_like(obs, np.inf)
+        return obs, reward, term, trunc, info
+
+
+@pytest.mark.parametrize("bad_step", [5, 8])  # in the middle, and the fragment's last step
+def test_a_non_finite_observation_alone_gets_the_fragment_refused(bad_step: int) -> None:
+    envs = gym.vector.SyncVectorEnv([lambda: _InfObservationAt(bad_step), lambda: _InfObservationAt(10**9)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    sampler = Sampler(envs, worker_id=0, seed=0)
+    sampler.set_weights(ActorCritic(3, 1, init_log_std=0.0).weights(0))
+    frag = sampler.collect(8)
+    assert np.isfinite(frag.rewards).all()
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        frag.validate()
+    # The envs were reset: the policy never acts on the bad observation, the next fragment is clean.
+    assert np.isfinite(sampler.obs).all()
+    sampler.collect(8).validate()

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from learner import checkpoint
 from learner import config as C
+from learner.actor_pool import RolloutFailed
 from learner.trainer import Trainer, TrainingDiverged
 from services.metrics import StrideMetrics
 from tests.chaos.helpers import records, small_config
@@ -52,7 +53,7 @@ def _train_through_faults(tmp_path: Path, cfg: C.Config) -> tuple[list[dict], di
     assert _metric(metrics.registry, "stride_actor_restarts_total", cause="timeout") == last["actor_timeouts"]
     assert _metric(metrics.registry, "stride_fragments_dropped_total", reason="rejected") == last["rejected_fragments"]
     assert _metric(metrics.registry, "stride_nan_events_total") == last["rejected_fragments"] + last["nan_updates"]
-    assert last["lost_fragments"] == last["actor_timeouts"] + last["actor_failures"]
+    assert last["lost_fragments"] == last["actor_timeouts"] + last["actor_failures"] + last["sample_errors"]
     newest = checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1]
     for v in torch.load(newest, weights_only=False)["model"].values():
         assert torch.isfinite(v).all()
@@ -83,6 +84,39 @@ def test_pendulum_learns_through_crashing_stalling_and_nan_envs(tmp_path: Path) 
     returns = [r["episode_return_mean"] for r in recs if r["episode_return_mean"] is not None]
     print(f"final return {np.mean(returns[-3:]):.0f}")
     assert np.mean(returns[-3:]) > -500, returns  # it still learned to swing up and balance
+
+
+def test_envs_that_break_for_good_get_their_actor_restarted(tmp_path: Path) -> None:
+    """An env that breaks for good (every step raises, until its process restarts) fails its
+    actor's sample call; the fragment is lost and counted, the actor restarted with fresh envs,
+    and the run goes on. Each env breaks after 200 of its steps: in every actor's 7th fragment
+    of 32 steps, a restarted actor's envs start afresh."""
+    metrics = StrideMetrics(CollectorRegistry(), run_id="chaos", mode="sync")
+    cfg = small_config(**{"env.id": "stride/Chaos-v0", "env.kwargs": {"env_id": "Pendulum-v1", "break_after": 200},
+                          "train.total_steps": 10 * 256, "train.checkpoint_every": 1000})
+    Trainer(cfg, tmp_path, observers=[metrics]).run()
+    recs = records(tmp_path)
+    last = recs[-1]
+    assert last["env_steps"] >= cfg.train.total_steps
+    assert last["sample_errors"] >= 2  # both actors broke; neither stopped the run
+    assert last["lost_fragments"] == last["sample_errors"] + last["actor_failures"] + last["actor_timeouts"]
+    assert last["env_errors"] == 0  # the failed calls' errors went with their fragments
+    assert _metric(metrics.registry, "stride_actor_restarts_total", cause="error") == last["sample_errors"]
+    # Restarted actors trained again: fragments from a second process of each actor.
+    processes = {fid.rsplit("-", 1)[0] for r in recs for fid in r["fragment_ids"]}
+    assert len(processes) >= 3, processes
+    print(f"broken envs: {last['sample_errors']} sample calls failed, {len(processes)} actor processes trained")
+
+
+def test_an_env_broken_from_the_start_stops_the_run_with_a_checkpoint(tmp_path: Path) -> None:
+    cfg = small_config(**{"env.id": "stride/Chaos-v0", "env.kwargs": {"env_id": "Pendulum-v1", "break_after": 1},
+                          "rollout.max_sample_errors": 2})
+    with pytest.raises(RolloutFailed, match=r"sample call raised 2 times in a row .* 101 env errors in one fragment"
+                       ) as info:
+        Trainer(cfg, tmp_path).run()
+    assert "ckpt-000000000.pt" in str(info.value) and "--resume" in str(info.value)
+    path, state = checkpoint.latest(tmp_path / "checkpoints")
+    assert state["counters"]["sample_errors"] >= 2 and state["counters"]["iteration"] == 0
 
 
 def test_a_diverging_loss_stops_the_run_with_a_last_good_checkpoint(tmp_path: Path) -> None:
