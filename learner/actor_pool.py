@@ -15,7 +15,8 @@ fails validation (`rejected_fragments`: NaN/inf or wrong shapes), a sample call 
 actor killed for a restart, so it starts again with fresh envs). Ray runs each call at most once
 (`max_task_retries=0`), so a lost fragment is never delivered twice or in part. An actor whose
 calls raise `rollout.max_sample_errors` times in a row raises `RolloutFailed`: a broken env fails
-every call, and restarting it for ever would hide that.
+every call, and restarting it for ever would hide that. So does an actor whose constructor raised
+(the env cannot be built on its node): Ray does not restart those, and waiting for it would hang.
 
 With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
 through one `FragmentRelay` per node (actors/relay.py): one object per node and round instead of
@@ -48,7 +49,19 @@ PROBE_RETRY_S = 1.0  # a probe unanswered this long is sent again (a tiny task p
 
 
 class RolloutFailed(RuntimeError):
-    """An actor's sample calls raised rollout.max_sample_errors times in a row."""
+    """An actor's sample calls raised rollout.max_sample_errors times in a row, or an actor could
+    not start at all (its constructor raised: Ray does not restart such an actor)."""
+
+
+def cannot_start(i: int, exc: RayActorError) -> str:
+    """What to tell the user when actor `i`'s constructor raised: the error, and the usual cause."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    log.error("rollout actor %d could not start:\n%s", i, exc)
+    error = (lines[-1] if lines else type(exc).__name__).rstrip(".")
+    return (f"rollout actor {i} could not start ({error}). Every Ray node "
+            "must be able to build the env: Stride and the env's package installed there (the image, or a "
+            "runtime_env), and a custom env id registered where the actors import it (the 'module:EnvId' form "
+            "imports the module first; an id registered in the driver script alone is unknown to them)")
 
 
 class ActorPool:
@@ -232,7 +245,12 @@ class ActorPool:
             del self.probe_sent[obj]
             try:
                 self.node_of[i] = ray.get(obj, timeout=0)
-            except (RayActorError, GetTimeoutError, ray.exceptions.TaskCancelledError):  # restarting: ask again
+            except RayActorError as exc:
+                if exc.actor_init_failed:  # Ray does not restart it: waiting would wait for ever
+                    raise RolloutFailed(cannot_start(i, exc)) from exc
+                self._probe(i)  # restarting: ask again
+                continue
+            except (GetTimeoutError, ray.exceptions.TaskCancelledError):
                 self._probe(i)
                 continue
             log.debug("rollout actor %d is up", i)

@@ -382,13 +382,24 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_env(e: EnvConfig) -> None:
-    """The env id must be registered and have a continuous (Box) action space."""
+    """The env id must be registered and have a continuous (Box) action space. Gymnasium's
+    'module:EnvId' form imports the module first (it registers the env), as `gym.make` does, and
+    as every actor will: the way to train a custom env on a cluster."""
+    import importlib
+
     import gymnasium as gym
 
     import actors.envs  # noqa: F401  (registers the biped)
 
+    module, _, name = e.id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"env.id: cannot import {module!r}, the module named before ':' in {e.id!r} "
+                              f"({type(exc).__name__}: {exc})") from None
     try:
-        spec = gym.spec(e.id)
+        spec = gym.spec(name)
     except Exception as exc:  # gymnasium raises several error types for unknown ids
         raise ConfigError(f"env.id: unknown Gymnasium env {e.id!r} ({type(exc).__name__}: {exc})") from None
     try:

@@ -240,7 +240,12 @@ class Trainer:
         seed = self.cfg.train.seed + 7919 * self.counters.iteration
         self.pool = ActorPool(self.cfg, self.counters, n, seed)
         wait_s = min(60.0, self.cfg.rollout.sample_timeout_s)
-        ready = self.pool.wait_ready(timeout=wait_s)
+        try:
+            ready = self.pool.wait_ready(timeout=wait_s)
+        except RolloutFailed:  # an actor cannot start: nothing was trained, nothing to checkpoint
+            self.pool.shutdown()
+            self.pool = None
+            raise
         if ready < n:
             log.warning("only %d of %d rollout actors started within %.0f s (the cluster has %d CPUs, each actor "
                         "needs 1); training starts with those, the others join once there is room",

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import ray
@@ -117,6 +119,26 @@ def test_an_env_broken_from_the_start_stops_the_run_with_a_checkpoint(tmp_path: 
     assert "ckpt-000000000.pt" in str(info.value) and "--resume" in str(info.value)
     path, state = checkpoint.latest(tmp_path / "checkpoints")
     assert state["counters"]["sample_errors"] >= 2 and state["counters"]["iteration"] == 0
+
+
+def test_an_env_the_actors_cannot_build_fails_fast_naming_the_error(tmp_path: Path) -> None:
+    """An env id registered in the driver alone (the actors' processes do not know it): the actors'
+    constructors raise and Ray does not restart them. The run used to wait for them for ever."""
+    gym.register("DriverOnlyPendulum-v0", entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv",
+                 max_episode_steps=200)
+    try:
+        cfg = small_config(**{"env.id": "DriverOnlyPendulum-v0"})
+        start = time.monotonic()
+        with pytest.raises(RolloutFailed, match=r"rollout actor \d could not start \(gymnasium\.error\.NameNotFound: "
+                           r"Environment `DriverOnlyPendulum` doesn't exist.*'module:EnvId' form"):
+            Trainer(cfg, tmp_path).run()
+        assert time.monotonic() - start < 60  # not the 60 s start-up wait, nor a hang
+    finally:
+        gym.registry.pop("DriverOnlyPendulum-v0")
+    # The fix the message names: the 'module:EnvId' form, which every actor imports first, trains.
+    cfg = small_config(**{"env.id": "tests.custom_env:CustomPendulum-v0"})
+    last = Trainer(cfg, tmp_path / "module-form").run()
+    assert last["env_steps"] >= cfg.train.total_steps and last["actors_alive"] == 2
 
 
 def test_a_diverging_loss_stops_the_run_with_a_last_good_checkpoint(tmp_path: Path) -> None:
