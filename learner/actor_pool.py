@@ -56,7 +56,6 @@ class RolloutFailed(RuntimeError):
 def cannot_start(i: int, exc: RayActorError) -> str:
     """What to tell the user when actor `i`'s constructor raised: the error, and the usual cause."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    log.error("rollout actor %d could not start:\n%s", i, exc)
     error = (lines[-1] if lines else type(exc).__name__).rstrip(".")
     return (f"rollout actor {i} could not start ({error}). Every Ray node "
             "must be able to build the env: Stride and the env's package installed there (the image, or a "
@@ -200,8 +199,7 @@ class ActorPool:
                                 f"(rollout.max_sample_errors = {limit}); the last error: {why}") from exc
         log.warning("rollout actor %d's sample call raised (%d in a row, %d stop the run); its fragment is lost "
                     "and the actor restarted. %s", i, n, limit, exc)
-        ray.kill(self.workers[i], no_restart=False)
-        self._mark_down(i)
+        self._restart(i)
 
     def _rejected(self, i: int, why: str) -> None:
         self.counters.rejected_fragments += 1
@@ -213,6 +211,10 @@ class ActorPool:
         self.counters.lost_fragments += 1
         log.warning("rollout actor %d sent nothing for %.0fs; killing it for a restart",
                     i, self.cfg.rollout.sample_timeout_s)
+        self._restart(i)
+
+    def _restart(self, i: int) -> None:
+        """Kill actor `i`'s process so that Ray starts it again (fresh envs, fresh seeds)."""
         ray.kill(self.workers[i], no_restart=False)
         self._mark_down(i)
 
@@ -247,6 +249,7 @@ class ActorPool:
                 self.node_of[i] = ray.get(obj, timeout=0)
             except RayActorError as exc:
                 if exc.actor_init_failed:  # Ray does not restart it: waiting would wait for ever
+                    log.error("rollout actor %d could not start:\n%s", i, exc)  # the full traceback
                     raise RolloutFailed(cannot_start(i, exc)) from exc
                 self._probe(i)  # restarting: ask again
                 continue

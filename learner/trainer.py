@@ -242,7 +242,7 @@ class Trainer:
         wait_s = min(60.0, self.cfg.rollout.sample_timeout_s)
         try:
             ready = self.pool.wait_ready(timeout=wait_s)
-        except RolloutFailed:  # an actor cannot start: nothing was trained, nothing to checkpoint
+        except RolloutFailed:  # an actor cannot start: nothing trained since the last checkpoint
             self.pool.shutdown()
             self.pool = None
             raise
