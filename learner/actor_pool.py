@@ -18,6 +18,13 @@ calls raise `rollout.max_sample_errors` times in a row raises `RolloutFailed`: a
 every call, and restarting it for ever would hide that. So does an actor whose constructor raised
 (the env cannot be built on its node): Ray does not restart those, and waiting for it would hang.
 
+An actor that has used up `rollout.max_actor_restarts` is *gone*: Ray answers every call to it at
+once with `ActorDiedError`, where a restarting actor's calls wait (or raise
+`ActorUnavailableError`). One such answer can also be a probe that was in flight when a
+restartable actor died, so an actor is taken for gone only once its probes have answered nothing
+but that for `GONE_AFTER_S`; it is then no longer probed (`actors_gone`), the run goes on with the
+others, and `RolloutFailed` is raised when none is left.
+
 With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
 through one `FragmentRelay` per node (actors/relay.py): one object per node and round instead of
 one per fragment, and the checks done there. The probe that says an actor is up also says on
@@ -46,11 +53,13 @@ log = logging.getLogger("stride")
 
 RELAY_TIMEOUT_S = 30.0
 PROBE_RETRY_S = 1.0  # a probe unanswered this long is sent again (a tiny task per down actor)
+GONE_AFTER_S = 5.0  # probes answered only by ActorDiedError this long: Ray will not restart the actor
 
 
 class RolloutFailed(RuntimeError):
-    """An actor's sample calls raised rollout.max_sample_errors times in a row, or an actor could
-    not start at all (its constructor raised: Ray does not restart such an actor)."""
+    """An actor's sample calls raised rollout.max_sample_errors times in a row, an actor could
+    not start at all (its constructor raised: Ray does not restart such an actor), or every actor
+    is gone (its restarts, rollout.max_actor_restarts, used up)."""
 
 
 def cannot_start(i: int, exc: RayActorError) -> str:
@@ -85,6 +94,8 @@ class ActorPool:
         # a fragment pulled here would cross the network twice (here, and packed by its relay).
         self.fetch_local = not cfg.rollout.node_relays
         self.errors_in_a_row: dict[int, int] = {}  # actor -> sample calls that raised since its last fragment
+        self.dead_since: dict[int, float] = {}  # actor -> when its probes began to answer ActorDiedError
+        self.gone: set[int] = set()  # actors Ray will not restart: no longer probed
 
     def wait_ready(self, timeout: float) -> int:
         """Wait up to `timeout` s for every actor to start; returns how many did. The others
@@ -220,8 +231,31 @@ class ActorPool:
 
     def _mark_down(self, i: int) -> None:
         self.usable.discard(i)
-        if i not in self.probes.values():
+        if i not in self.probes.values() and i not in self.gone:
             self._probe(i)
+
+    def _died(self, i: int, exc: RayActorError, now: float) -> None:
+        """Actor `i`'s probe answered that it is dead: ask again, unless its probes have answered
+        nothing else for GONE_AFTER_S (Ray will not restart it), or it never started."""
+        if exc.actor_init_failed:  # Ray does not restart it: waiting would wait for ever
+            log.error("rollout actor %d could not start:\n%s", i, exc)  # the full traceback
+            raise RolloutFailed(cannot_start(i, exc)) from exc
+        if not isinstance(exc, ray.exceptions.ActorDiedError):  # unavailable: restarting
+            self._probe(i)
+            return
+        since = self.dead_since.setdefault(i, now)
+        if now - since < GONE_AFTER_S:
+            self._probe(i)
+            return
+        self.gone.add(i)
+        self.counters.actors_gone += 1
+        restarts = self.cfg.rollout.max_actor_restarts
+        if len(self.gone) == len(self.workers):
+            raise RolloutFailed(f"every rollout actor is dead and Ray will not restart them: each has used up "
+                                f"rollout.max_actor_restarts = {restarts} (-1 restarts without limit); "
+                                f"the last died of: {exc}")
+        log.error("rollout actor %d is dead and Ray will not restart it (rollout.max_actor_restarts = %d used up); "
+                  "training goes on with the %d others", i, restarts, len(self.workers) - len(self.gone))
 
     def _probe(self, i: int) -> None:
         obj = self.workers[i].node_id.remote()
@@ -248,15 +282,13 @@ class ActorPool:
             try:
                 self.node_of[i] = ray.get(obj, timeout=0)
             except RayActorError as exc:
-                if exc.actor_init_failed:  # Ray does not restart it: waiting would wait for ever
-                    log.error("rollout actor %d could not start:\n%s", i, exc)  # the full traceback
-                    raise RolloutFailed(cannot_start(i, exc)) from exc
-                self._probe(i)  # restarting: ask again
+                self._died(i, exc, now)
                 continue
             except (GetTimeoutError, ray.exceptions.TaskCancelledError):
                 self._probe(i)
                 continue
             log.debug("rollout actor %d is up", i)
+            self.dead_since.pop(i, None)
             self.usable.add(i)
             back.append(i)
         return back
@@ -265,4 +297,4 @@ class ActorPool:
         for w in [*self.workers, *self.relays.values()]:
             ray.kill(w, no_restart=True)
         self.workers, self.probes, self.probe_sent, self.relays = [], {}, {}, {}
-        self.usable = set()
+        self.usable, self.gone = set(), set()

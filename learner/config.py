@@ -41,7 +41,9 @@ class RolloutConfig:
     fragment_length: int = 128
     """T: env steps per fragment each actor returns."""
     max_actor_restarts: int = -1
-    """How often Ray may restart a dead actor (-1: without limit)."""
+    """How often Ray may restart a dead actor (-1: without limit). An actor that has used them up
+    is given up (`actors_gone`): the run trains on with the others, and stops with `RolloutFailed`
+    after a checkpoint when none is left."""
     sample_timeout_s: float = 300.0
     """A fragment not back after this long counts as lost (hung actor); the actor is restarted."""
     max_sample_errors: int = 3

@@ -61,6 +61,7 @@ class Counters:
     checkpoint_failures: int = 0
     relayed_fragments: int = 0  # fragments that came through a node's relay (rollout.node_relays)
     sample_errors: int = 0  # sample calls that raised (the actor's code failed); each loses its fragment
+    actors_gone: int = 0  # actors Ray will not restart (rollout.max_actor_restarts used up)
 
 
 class TrainingDiverged(RuntimeError):

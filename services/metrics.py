@@ -90,6 +90,8 @@ class StrideMetrics:
         self.broadcasts = counter("stride_weights_broadcasts", "Weights versions published").labels(*ids)
         self.actors_alive = gauge("stride_actors_alive", "Rollout actors whose last fragment arrived").labels(*ids)
         self.actors_configured = gauge("stride_actors", "Rollout actors the run was started with").labels(*ids)
+        self.actors_gone = gauge("stride_actors_gone", "Rollout actors Ray will not restart "
+                                 "(rollout.max_actor_restarts used up)").labels(*ids)
         self.actor_restarts = counter("stride_actor_restarts",
                                       "Rollout actors lost and restarted, by cause (died; timeout: stalled "
                                       "past rollout.sample_timeout_s and killed; error: a sample call "
@@ -169,6 +171,7 @@ class StrideMetrics:
         self.broadcasts.inc()
         self.actors_alive.set(rec["actors_alive"])
         self.actors_configured.set(rec["actors"])
+        self.actors_gone.set(rec["actors_gone"])
         self._inc_to(self.actor_restarts.labels(*ids, "died"), "actor_failures", rec["actor_failures"])
         self._inc_to(self.actor_restarts.labels(*ids, "timeout"), "actor_timeouts", rec["actor_timeouts"])
         self._inc_to(self.actor_restarts.labels(*ids, "error"), "sample_errors", rec["sample_errors"])

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from ray.exceptions import RayActorError
 
+from learner.actor_pool import RolloutFailed
 from learner.trainer import Trainer
 from tests.chaos.helpers import TrainerThread, records, small_config, wait_for
 from tests.conftest import start_local_ray
@@ -85,3 +87,35 @@ def test_repeated_sigkills_lose_only_counted_fragments(tmp_path: Path, mode: str
     assert last["actors_alive"] == 2
     print(f"{mode}: {kills} SIGKILLs, {last['actor_failures']} deaths seen, {last['lost_fragments']} fragments lost, "
           f"{len(recs)} updates, {sum(r['fragments'] for r in recs)} fragments trained on, none twice")
+
+
+def test_an_actor_out_of_restarts_is_given_up_and_the_last_one_stops_the_run(tmp_path: Path) -> None:
+    # With rollout.max_actor_restarts = 0 a killed actor stays dead. The pool used to probe it for
+    # ever; the run now goes on with the other, and stops (checkpointed) when none is left.
+    cfg = small_config(**{"train.mode": "sync", "rollout.max_actor_restarts": 0,
+                          "train.total_steps": 10_000 * 32 * 4, "train.checkpoint_every": 1000})
+    trainer = Trainer(cfg, tmp_path)
+    thread = TrainerThread(trainer)
+    thread.start()
+    wait_for("3 updates", lambda: len(records(tmp_path)) >= 3, alive=thread)
+    first = _pid(trainer.workers[0])
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for("actor 0 given up", lambda: any(r["actors_gone"] == 1 for r in records(tmp_path)), alive=thread)
+    n = len(records(tmp_path))
+    wait_for("3 more updates", lambda: len(records(tmp_path)) >= n + 3, alive=thread)
+    after = [r for r in records(tmp_path) if r["actors_gone"] == 1]
+    assert all(r["fragment_workers"] == [1] for r in after)  # the other actor alone, every round
+    assert after[-1]["actors_alive"] == 1
+    second = _pid(trainer.workers[1])
+    assert second is not None
+    os.kill(second, signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive(), "the run waited for actors that will never come back"
+    assert isinstance(thread.error, RolloutFailed), thread.error
+    assert "rollout.max_actor_restarts = 0" in str(thread.error) and "resume" in str(thread.error)
+    state = torch.load(sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[-1], weights_only=False)
+    assert state["counters"]["actors_gone"] == 2
+    assert state["counters"]["iteration"] == len(records(tmp_path))
+    print(f"out of restarts: {len(after)} updates with one actor, then RolloutFailed at "
+          f"iteration {state['counters']['iteration']}")
