@@ -26,9 +26,10 @@ MAX_ENV_ERRORS_PER_FRAGMENT = 100
 
 def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
     """B copies of `env_id` as a VectorEnv with same-step autoreset (the biped's batched fast
-    path for the biped, Gymnasium's SyncVectorEnv for any other id)."""
+    path for the biped, Gymnasium's SyncVectorEnv for any other id). The biped's 'module:EnvId'
+    form ('actors.envs:stride/BipedWalker-v0') names the same env, so it gets the fast path too."""
     kwargs = dict(env_kwargs or {})
-    if env_id == BIPED_ID:
+    if env_id.rpartition(":")[2] == BIPED_ID:
         from actors.envs.batched import BatchedBipedEnv
 
         return BatchedBipedEnv(num_envs, **kwargs)

@@ -95,3 +95,20 @@ def test_a_non_finite_observation_alone_gets_the_fragment_refused(bad_step: int)
     # The envs were reset: the policy never acts on the bad observation, the next fragment is clean.
     assert np.isfinite(sampler.obs).all()
     sampler.collect(8).validate()
+
+
+def test_the_biped_gets_its_batched_fast_path_under_either_spelling_of_its_id() -> None:
+    from actors.envs.batched import BatchedBipedEnv
+
+    plain = make_envs("stride/BipedWalker-v0", 3)
+    module_form = make_envs("actors.envs:stride/BipedWalker-v0", 3, {"effort_weight": 0.3})
+    other = make_envs("Pendulum-v1", 2)
+    try:
+        assert isinstance(plain, BatchedBipedEnv) and isinstance(module_form, BatchedBipedEnv)
+        assert module_form.num_envs == 3 and module_form.observation_space.shape == (3, 31)
+        assert not isinstance(other, BatchedBipedEnv)
+        # Same env either way: the same seeds give the same first observations.
+        np.testing.assert_array_equal(plain.reset(seed=7)[0], module_form.reset(seed=7)[0])
+    finally:
+        for envs in (plain, module_form, other):
+            envs.close()
