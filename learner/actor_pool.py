@@ -241,10 +241,10 @@ class ActorPool:
             log.error("rollout actor %d could not start:\n%s", i, exc)  # the full traceback
             raise RolloutFailed(cannot_start(i, exc)) from exc
         if not isinstance(exc, ray.exceptions.ActorDiedError):  # unavailable: restarting
+            self.dead_since.pop(i, None)  # not "nothing but ActorDiedError" any more
             self._probe(i)
             return
-        since = self.dead_since.setdefault(i, now)
-        if now - since < GONE_AFTER_S:
+        if now - self.dead_since.setdefault(i, now) < GONE_AFTER_S:
             self._probe(i)
             return
         self.gone.add(i)
