@@ -52,10 +52,13 @@ def _final_obs(infos: dict[str, Any], ended: np.ndarray, obs: np.ndarray) -> np.
     return out
 
 
-def _ended_by(infos: dict[str, Any], i: int) -> str:
+def _ended_by(infos: dict[str, Any], i: int, terminated: bool) -> str:
+    """Why env i's episode ended: the env's own `ended_by` (the biped's fell, tilt, ...) where it
+    says, else "terminated" or "time_limit" (the names `stride eval` uses)."""
     final = infos.get("final_info", {})
     reasons = final.get("ended_by") if isinstance(final, dict) else None
-    return str(reasons[i]) if reasons is not None else ""
+    reason = str(reasons[i]) if reasons is not None else ""
+    return reason or ("terminated" if terminated else "time_limit")
 
 
 @dataclass
@@ -151,7 +154,7 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
             for i in np.flatnonzero(done):
                 ep_returns.append(float(s.ep_return[i]))
                 ep_lengths.append(int(s.ep_length[i]))
-                ep_ended.append(_ended_by(infos, int(i)))
+                ep_ended.append(_ended_by(infos, int(i), bool(term[i])))
             s.ep_return[done] = 0.0
             s.ep_length[done] = 0
         s.obs = np.asarray(next_obs, dtype=np.float32)

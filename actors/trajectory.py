@@ -14,7 +14,14 @@ class EpisodeStats:
 
     returns: np.ndarray  # [E] float64 undiscounted return of each finished episode
     lengths: np.ndarray  # [E] int64 length in env steps
-    ended_by: tuple[str, ...] = ()  # why each ended, where the env says ('' if unknown)
+    # Why each ended: the env's reason (the biped's fell, lateral, tilt, physics_diverged,
+    # time_limit), else "terminated" / "time_limit"; () when the sender did not say.
+    ended_by: tuple[str, ...] = ()
+
+    def reasons(self) -> tuple[str, ...]:
+        """One end reason per episode: `ended_by`, or "unknown" for each where the sender said
+        nothing (a remote actor on the proto before `episode_ended_by`)."""
+        return self.ended_by if len(self.ended_by) == len(self.returns) else ("unknown",) * len(self.returns)
 
     @staticmethod
     def empty() -> EpisodeStats:

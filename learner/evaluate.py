@@ -13,6 +13,7 @@ import numpy as np
 
 import actors.envs  # noqa: F401  (registers the biped)
 from actors.envs import BIPED_ID
+from actors.envs.biped_sim import END_TILT, tilt_direction
 from actors.policy import NumpyPolicy
 from actors.trajectory import Weights
 from learner import checkpoint
@@ -28,6 +29,8 @@ class EvalResult:
     mean_forward_distance: float | None  # biped only: torso x travelled (m)
     ended_by: dict[str, int]  # how the episodes ended: info["ended_by"] where the env says, else
     # "terminated" / "time_limit"; the biped's reasons are fell, lateral, tilt, physics_diverged
+    tilted: dict[str, int]  # biped only: which way the "tilt" episodes went over (forward,
+    # backward, sideways, turned: biped_sim.tilt_direction); {} for other envs
     episodes: int
     checkpoint: str
     env_steps: int
@@ -55,6 +58,7 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
 
     returns, lengths, distances = [], [], []
     ended_by: dict[str, int] = {}
+    tilted: dict[str, int] = {}
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         x0 = _torso_x(env)
@@ -66,6 +70,9 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
             done = terminated or truncated
         reason = str(info.get("ended_by") or ("terminated" if terminated else "time_limit"))
         ended_by[reason] = ended_by.get(reason, 0) + 1
+        if reason == END_TILT and _is_biped(env):
+            way = tilt_direction(obs)
+            tilted[way] = tilted.get(way, 0) + 1
         returns.append(total)
         lengths.append(steps)
         if x0 is not None:
@@ -75,15 +82,18 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         write_video(cfg["id"], cfg["kwargs"], act, video, seed=seed)
     return EvalResult(
         float(np.mean(returns)), float(np.std(returns)), float(np.mean(lengths)),
-        float(np.mean(distances)) if distances else None, dict(sorted(ended_by.items())), episodes, path.name,
+        float(np.mean(distances)) if distances else None, dict(sorted(ended_by.items())), dict(sorted(tilted.items())),
+        episodes, path.name,
         int(state["counters"]["env_steps"]),
     )
 
 
+def _is_biped(env: gym.Env) -> bool:
+    return env.spec is not None and env.spec.id == BIPED_ID
+
+
 def _torso_x(env: gym.Env) -> float | None:
-    if env.spec is not None and env.spec.id == BIPED_ID:
-        return float(env.unwrapped.data.qpos[0])
-    return None
+    return float(env.unwrapped.data.qpos[0]) if _is_biped(env) else None
 
 
 def write_video(env_id: str, env_kwargs: dict[str, Any], act: Any, path: Path, seed: int = 0) -> dict[str, float]:

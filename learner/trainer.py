@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -455,6 +456,7 @@ class Trainer:
         episodes = EpisodeStats(
             np.concatenate([f.episodes.returns for f in fragments]),
             np.concatenate([f.episodes.lengths for f in fragments]),
+            tuple(reason for f in fragments for reason in f.episodes.reasons()),
         )
         returns, lengths = episodes.returns, episodes.lengths
         c.episodes += len(returns)
@@ -473,6 +475,7 @@ class Trainer:
             "episodes": int(len(returns)),
             "episode_return_mean": float(returns.mean()) if len(returns) else None,
             "episode_length_mean": float(lengths.mean()) if len(lengths) else None,
+            "episodes_ended_by": dict(sorted(Counter(episodes.ended_by).items())),
             "env_steps_per_s": steps / max(wall, 1e-9),
             "time_sample": t_sample,
             "time_broadcast": t_bcast,

@@ -425,12 +425,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         state += " (interrupted)" if r.interrupted else ""
         for pt in r.eval_curve:
             print(f"eval at {pt.wall_seconds:.0f} s, {pt.env_steps:,} env steps: return {pt.eval_return:.1f} "
-                  f"+- {pt.eval_return_std:.1f}, length {pt.eval_length:.0f} (training {pt.train_return:.1f})")
+                  f"+- {pt.eval_return_std:.1f}, length {pt.eval_length:.0f} (training {pt.train_return:.1f})"
+                  + ("; ended by " + _counts(pt.ended_by) if pt.ended_by else "")
+                  + (" (tilt: " + _counts(pt.tilted) + ")" if pt.tilted else ""))
         print(f"threshold {r.threshold:.1f} {state} after {r.wall_seconds:.0f} s, {r.env_steps:,} env steps "
               f"(training return {r.train_return:.1f}); eval return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
               f"length {r.eval_length:.0f}"
               + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
               + "; ended by " + _counts(r.eval_ended_by)
+              + (" (tilt: " + _counts(r.eval_tilted) + ")" if r.eval_tilted else "")
               + (f"; video {r.video}" if r.video else ""))
         if r.interrupted:
             logging.getLogger("stride").warning("stopped early; %s", resume_hint)
@@ -505,6 +508,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"over {r.episodes} episodes, mean length {r.mean_length:.1f}"
           + (f", mean forward distance {r.mean_forward_distance:.2f} m" if r.mean_forward_distance is not None else ""))
     print("episodes ended by: " + _counts(r.ended_by))
+    if r.tilted:
+        print("tilt episodes went over: " + _counts(r.tilted))
     if args.video:
         print(f"video: {args.video}")
     return 0

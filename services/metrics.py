@@ -29,6 +29,7 @@ LENGTH_BUCKETS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 399, 400, 1000)
 PHASES = ("sample", "gae", "update", "broadcast")
 LOSSES = ("policy", "value", "total")
 DEFAULT_PORT = 9470
+MAX_END_REASONS = 16  # distinct `reason` labels of stride_episodes_ended_total; the rest is "other"
 
 
 class MetricsPortError(OSError):
@@ -52,6 +53,9 @@ class StrideMetrics:
 
         self.env_steps = counter("stride_env_steps", "Env steps trained on").labels(*ids)
         self.episodes = counter("stride_episodes", "Episodes finished in the fragments trained on").labels(*ids)
+        self.episodes_ended = counter("stride_episodes_ended", "Episodes finished, by why they ended (the "
+                                      "biped: fell, lateral, tilt, physics_diverged, time_limit; other envs: "
+                                      "terminated, time_limit)", "reason")
         self.iterations = counter("stride_iterations", "PPO updates done").labels(*ids)
         self.episode_return = Histogram("stride_episode_return", "Undiscounted return of finished episodes",
                                         base, buckets=RETURN_BUCKETS, registry=r).labels(*ids)
@@ -122,6 +126,15 @@ class StrideMetrics:
         for cause in ("died", "timeout", "error"):
             self.actor_restarts.labels(*ids, cause)
         self._seen: dict[str, float] = {}
+        self._reasons: set[str] = set()
+
+    def _reason_label(self, reason: str) -> str:
+        """`reason` as a label value; past MAX_END_REASONS distinct ones, "other" (reasons can
+        come from any env, or over gRPC, and every label value is a series kept for ever)."""
+        if reason in self._reasons or len(self._reasons) < MAX_END_REASONS:
+            self._reasons.add(reason)
+            return reason
+        return "other"
 
     def _inc_to(self, counter: Any, key: str, total: float) -> None:
         """Advance a counter to a cumulative total from the record (never backwards)."""
@@ -141,6 +154,8 @@ class StrideMetrics:
         self.iterations.inc()
         self.env_steps.inc(rec["iteration_steps"])
         self.episodes.inc(len(episodes.returns))
+        for reason, n in rec["episodes_ended_by"].items():
+            self.episodes_ended.labels(*ids, self._reason_label(reason)).inc(n)
         for ret, length in zip(episodes.returns, episodes.lengths, strict=True):
             self.episode_return.observe(float(ret))
             self.episode_length.observe(float(length))

@@ -55,6 +55,8 @@ class EvalPoint:
     eval_return_std: float
     eval_length: float
     eval_forward_distance_m: float | None
+    ended_by: dict[str, int] = field(default_factory=dict)  # how the evaluation's episodes ended
+    tilted: dict[str, int] = field(default_factory=dict)  # which way its "tilt" episodes went over
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TimeToWalk:
     stop_on: str = "train"
     eval_curve: list[EvalPoint] = field(default_factory=list)  # the periodic evaluations, in order
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM before the threshold or the budget: resumable
+    eval_tilted: dict[str, int] = field(default_factory=dict)  # which way the final eval's "tilt" episodes went
 
 
 class _StopAtReturn:
@@ -110,7 +113,7 @@ class _StopAtReturn:
         ev = evaluate(self.run_dir, self.eval_episodes)  # the checkpoint just written is the latest
         now = time.perf_counter() - self.start
         point = EvalPoint(now, ev.env_steps, self.last[2], ev.mean_return, ev.std_return, ev.mean_length,
-                          ev.mean_forward_distance)
+                          ev.mean_forward_distance, ev.ended_by, ev.tilted)
         self.curve.append(point)
         with (self.run_dir / "eval_curve.jsonl").open("a") as f:
             f.write(_json(asdict(point)) + "\n")
@@ -230,6 +233,6 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
     ev = evaluate(run_dir, episodes, video=video_path)
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
                         ev.mean_length, ev.mean_forward_distance, ev.ended_by,
-                        str(video_path) if video_path else None, stop_on, stop.curve, interrupted)
+                        str(video_path) if video_path else None, stop_on, stop.curve, interrupted, ev.tilted)
     (run_dir / "time_to_walk.json").write_text(_json(asdict(result), indent=2) + "\n")
     return result

@@ -12,6 +12,11 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import ray  # noqa: E402
 
+# Picks MuJoCo's GL backend (EGL on a headless machine) before anything imports mujoco: a test
+# module that imports mujoco itself first would otherwise get the default (GLFW), and rendering
+# would fail when that module runs on its own (`pytest tests/test_biped_env.py`).
+import actors.envs.biped_sim  # noqa: E402, F401
+
 # What the tests' Ray clusters hold at most in their object stores: the largest object they put is
 # a few MiB (weights, fragments). Ray's default is 30% of the machine's memory, backed by a file
 # under /tmp when /dev/shm is small, and a file that size on a nearly full disk can bring the

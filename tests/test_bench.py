@@ -100,6 +100,7 @@ def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> Non
     assert result["reached"] and result["stop_on"] == "eval" and result["eval_curve"] == curve
     assert len(curve) >= 2  # an untrained policy scores about -1200: not at the first evaluation
     assert all(p["eval_return"] < -700 for p in curve[:-1]) and curve[-1]["eval_return"] >= -700
+    assert all(p["ended_by"] == {"time_limit": 3} and p["tilted"] == {} for p in curve)  # Pendulum only truncates
     assert all(b["wall_seconds"] - a["wall_seconds"] >= 4 for a, b in zip(curve, curve[1:], strict=False))
     assert [p["env_steps"] for p in curve] == sorted({p["env_steps"] for p in curve})  # distinct checkpoints
     assert result["wall_seconds"] == curve[-1]["wall_seconds"] and result["env_steps"] == curve[-1]["env_steps"]

@@ -14,6 +14,7 @@ from gymnasium.utils.env_checker import check_env
 
 import actors.envs  # noqa: F401  (registers stride/BipedWalker-v0)
 from actors.envs.biped import BipedWalkerEnv
+from actors.envs.biped_sim import tilt_direction
 
 ZYX = ("z", "y", "x")
 
@@ -221,6 +222,36 @@ def test_each_termination_condition_fires(env: BipedWalkerEnv, edit, reason: str
     _, _, terminated, truncated, info = env.step(np.zeros(6))
     assert terminated and not truncated
     assert info["ended_by"] == reason
+
+
+@pytest.mark.parametrize(
+    ("euler", "way"),
+    [((0.0, 0.9, 0.0), "forward"), ((0.0, -0.9, 0.0), "backward"), ((0.0, 0.0, 0.9), "sideways"),
+     ((0.0, 0.0, -0.9), "sideways"), ((-0.9, 0.0, 0.0), "turned"), ((0.3, -0.85, 0.5), "backward")],
+)
+def test_a_tilt_episode_says_which_way_it_went_over(env: BipedWalkerEnv, euler, way: str) -> None:
+    """tilt_direction reads the last observation's yaw, pitch and roll (obs 5-7): the angle
+    furthest from level, with positive pitch (front down) forward."""
+    qpos = env.data.qpos.copy()
+    qpos[3:7] = euler_quat(*euler)
+    set_state(env, qpos, np.zeros(env.model.nv))
+    obs, _, terminated, _, info = env.step(np.zeros(6))
+    assert terminated and info["ended_by"] == "tilt"
+    assert tilt_direction(obs) == way
+
+
+def test_with_zero_torque_the_biped_tips_forward() -> None:
+    """docs/biped.md: with no torque the robot pitches forward past pi/4 in about 0.65 s."""
+    env = BipedWalkerEnv()
+    for seed in range(3):
+        env.reset(seed=seed)
+        steps, done = 0, False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(np.zeros(6))
+            steps += 1
+            done = terminated or truncated
+        assert info["ended_by"] == "tilt" and tilt_direction(obs) == "forward" and obs[6] >= math.pi / 4
+        assert 0.5 <= steps * env.control_dt <= 0.8
 
 
 def test_healthy_state_does_not_terminate(env: BipedWalkerEnv) -> None:

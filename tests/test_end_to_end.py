@@ -56,6 +56,14 @@ def test_biped_run_writes_checkpoint_curve_and_video(tmp_path: Path) -> None:
     ends = evaluated.stdout.split("episodes ended by: ")[1].splitlines()[0].split(", ")
     reasons = {"fell", "lateral", "tilt", "physics_diverged", "time_limit"}
     assert all(e.split()[0] in reasons for e in ends) and sum(int(e.split()[1]) for e in ends) == 2, ends
+    tilts = sum(int(e.split()[1]) for e in ends if e.split()[0] == "tilt")
+    went = evaluated.stdout.split("tilt episodes went over: ")[1:]
+    if tilts:  # one direction per tilt episode
+        ways = [w.split() for w in went[0].splitlines()[0].split(", ")]
+        assert {w for w, _ in ways} <= {"forward", "backward", "sideways", "turned"}
+        assert sum(int(n) for _, n in ways) == tilts, evaluated.stdout
+    else:
+        assert not went, evaluated.stdout
 
 
 def test_resume_if_exists_starts_a_run_then_continues_it(tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ def fragment(version: int = 3, t: int = 4, b: int = 2, obs_dim: int = OBS) -> Tr
         logp=np.zeros((t, b), np.float32), rewards=np.ones((t, b), np.float32),
         terminated=np.zeros((t, b), bool), truncated=truncated,
         final_obs=rng.normal(size=(2, obs_dim)).astype(np.float32), policy_version=version, worker_id=0,
-        episodes=EpisodeStats(np.array([1.5]), np.array([4])),
+        episodes=EpisodeStats(np.array([1.5]), np.array([4]), ("time_limit",)),
     )
 
 
@@ -274,6 +274,17 @@ def test_push_and_drain(experience) -> None:
     for name in ("obs", "truncated", "final_obs"):
         np.testing.assert_array_equal(getattr(got[0], name), getattr(fragment(3), name))
     assert got[0].worker_id >= es.REMOTE_WORKER_BASE and got[0].episodes.returns.tolist() == [1.5]
+    assert got[0].episodes.ended_by == ("time_limit",)
+
+
+def test_a_fragment_that_does_not_say_why_its_episodes_ended_is_accepted(experience) -> None:
+    """Actors built on the proto before episode_ended_by send none: the episodes still count."""
+    hub, stub = experience
+    msg = fragment_to_msg(fragment(3), "old")
+    msg.ClearField("episode_ended_by")
+    assert stub.PushTrajectory(iter([msg]), timeout=10).accepted == 1
+    got = hub.drain()[0].episodes
+    assert got.returns.tolist() == [1.5] and got.ended_by == ()
 
 
 def test_the_deprecated_dense_final_obs_is_still_accepted(experience) -> None:
@@ -309,6 +320,8 @@ def _dense_final_obs(m: experience_pb2.TrajectoryFragment, shape: tuple[int, ...
         (lambda m: m.ClearField("truncated_final_obs"), "truncated_final_obs: missing, and truncated has 2 true"),
         (lambda m: m.final_obs.CopyFrom(to_array(np.zeros((4, 2, OBS), np.float32))), "are both set"),
         (lambda m: _dense_final_obs(m, (4, 2, OBS + 1)), f"final_obs: shape [4, 2, {OBS + 1}], expected [4, 2, {OBS}]"),
+        (lambda m: m.episode_ended_by.append("tilt"), "episode_ended_by: 2 reasons for 1 episodes"),
+        (lambda m: m.episode_ended_by.__setitem__(0, 'fell{job="x"}'), "is not 1-64 characters"),
     ],
 )
 def test_bad_fragments_are_refused_and_earlier_ones_kept(experience, bad, words) -> None:

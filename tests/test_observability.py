@@ -139,6 +139,9 @@ def test_exported_values_agree_with_metrics_jsonl(observed_run) -> None:
     assert s["stride_iterations_total"] == last["iteration"] == len(recs)
     assert s["stride_episodes_total"] == last["episodes_total"] == sum(r["episodes"] for r in recs)
     assert s["stride_episode_return_count"] == last["episodes_total"]
+    # Pendulum never terminates: every episode ends at its 200-step time limit.
+    assert all(r["episodes_ended_by"] == ({"time_limit": r["episodes"]} if r["episodes"] else {}) for r in recs)
+    assert s['stride_episodes_ended_total{"reason": "time_limit"}'] == last["episodes_total"] > 0
     pairs = {
         "stride_approx_kl": "approx_kl", "stride_clip_fraction": "clipfrac", "stride_policy_entropy": "entropy",
         "stride_explained_variance": "explained_variance", "stride_learning_rate": "lr",

@@ -48,6 +48,7 @@ def test_time_limit_truncations_ship_the_final_observation() -> None:
     assert frag.truncated[199].all() and frag.truncated.sum() == 3
     _check_final_rows(frag)
     assert [int(n) for n in frag.episodes.lengths] == [200, 200, 200]
+    assert frag.episodes.ended_by == ("time_limit",) * 3  # Pendulum's info says nothing: the flags do
 
 
 def test_env_crash_cuts_episodes_with_their_last_real_observation() -> None:
@@ -112,3 +113,16 @@ def test_the_biped_gets_its_batched_fast_path_under_either_spelling_of_its_id() 
     finally:
         for envs in (plain, module_form, other):
             envs.close()
+
+
+def test_each_finished_biped_episode_says_why_it_ended() -> None:
+    """The biped's own reasons ride along with the episodes, one per episode, and they agree
+    with the flags: every termination is a fall, tilt, lateral or divergence, every truncation
+    a time limit."""
+    sampler = Sampler(make_envs(actors.envs.BIPED_ID, 4, {}), worker_id=0, seed=0)
+    sampler.set_weights(ActorCritic(31, 6, init_log_std=0.0).weights(0))
+    frag = sampler.collect(120)
+    reasons = frag.episodes.ended_by
+    assert len(reasons) == len(frag.episodes.returns) == int(frag.terminated.sum() + frag.truncated.sum()) > 0
+    assert set(reasons) <= {"fell", "lateral", "tilt", "physics_diverged"}  # 120 steps: no time limit yet
+    assert frag.episodes.reasons() == reasons

@@ -63,6 +63,16 @@ END_TILT = "tilt"  # |yaw|, |pitch| or |roll| at or beyond max_tilt
 END_TIME = "time_limit"  # truncation
 
 
+def tilt_direction(obs: np.ndarray) -> str:
+    """Which way a robot whose episode ended by `tilt` went over, from its last observation
+    [31] (yaw, pitch, roll at 5-7): the angle furthest from level names it; "forward" is
+    positive pitch (front down), "backward" negative, "sideways" roll, "turned" yaw."""
+    yaw, pitch, roll = (abs(float(a)) for a in obs[5:8])
+    if pitch >= yaw and pitch >= roll:
+        return "forward" if obs[6] > 0 else "backward"
+    return "sideways" if roll >= yaw else "turned"
+
+
 @dataclass(frozen=True)
 class BipedParams:
     """Every coefficient of the task. Defaults reproduce the reference walking-robot task."""

@@ -82,6 +82,9 @@ def build() -> dict:
                        (f"histogram_quantile(0.5, sum by (run_id, le) "
                         f"(rate(stride_episode_length_steps_bucket{SEL}[$__rate_interval])))", "{{run_id}} median"),
                        width=12))
+        .with_panel(ts("How episodes end (share of episodes)", "short",
+                       (f"sum by (reason) (rate(stride_episodes_ended_total{SEL}[$__rate_interval]))", "{{reason}}"),
+                       width=24, stacked=True))
         # --- learning health ------------------------------------------------------------
         .with_row(dashboard.Row("Learning health"))
         .with_panel(ts("Losses", "short", (f"stride_loss{SEL}", "{{loss}}")))

@@ -7,6 +7,7 @@ the servicers turn it into a status in one place (server.py).
 from __future__ import annotations
 
 import io
+import re
 
 import grpc
 import numpy as np
@@ -15,6 +16,9 @@ from actors.trajectory import EpisodeStats, Trajectory, Weights
 from services.proto.stride.v1 import common_pb2, experience_pb2
 
 DTYPES = {"float32": np.dtype("<f4"), "bool": np.dtype("bool")}
+# What an episode end reason may look like: each one becomes a Prometheus label value, so a
+# pushed string is kept short and plain.
+END_REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class RequestError(Exception):
@@ -64,6 +68,7 @@ def fragment_to_msg(t: Trajectory, actor_name: str) -> experience_pb2.Trajectory
         truncated_final_obs=to_array(t.final_obs),
         policy_version=t.policy_version, actor_name=actor_name,
         episode_returns=t.episodes.returns.tolist(), episode_lengths=t.episodes.lengths.tolist(),
+        episode_ended_by=list(t.episodes.ended_by),
     )
 
 
@@ -98,11 +103,17 @@ def msg_to_fragment(m: experience_pb2.TrajectoryFragment, obs_dim: int, act_dim:
     returns = np.asarray(m.episode_returns, dtype=np.float64)
     if not np.isfinite(returns).all():
         raise invalid("episode_returns: contains NaN or inf")
+    ended_by = tuple(m.episode_ended_by)
+    if ended_by and len(ended_by) != len(returns):
+        raise invalid(f"episode_ended_by: {len(ended_by)} reasons for {len(returns)} episodes (send one each, or none)")
+    for reason in ended_by:
+        if not END_REASON.fullmatch(reason):
+            raise invalid(f"episode_ended_by: {reason[:80]!r} is not 1-64 characters of [A-Za-z0-9_.-]")
     return Trajectory(
         obs=obs.copy(), actions=actions.copy(), logp=arrays["logp"].copy(), rewards=arrays["rewards"].copy(),
         terminated=arrays["terminated"].copy(), truncated=arrays["truncated"].copy(), final_obs=final_obs.copy(),
         policy_version=int(m.policy_version), worker_id=worker_id,
-        episodes=EpisodeStats(returns, np.asarray(m.episode_lengths, dtype=np.int64)),
+        episodes=EpisodeStats(returns, np.asarray(m.episode_lengths, dtype=np.int64), ended_by),
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.proto.stride.v1 import common_pb2 as stride_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astride/v1/experience.proto\x12\tstride.v1\x1a\x16stride/v1/common.proto\"\x96\x03\n\x12TrajectoryFragment\x12\x1d\n\x03obs\x18\x01 \x01(\x0b\x32\x10.stride.v1.Array\x12!\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x10.stride.v1.Array\x12\x1e\n\x04logp\x18\x03 \x01(\x0b\x32\x10.stride.v1.Array\x12!\n\x07rewards\x18\x04 \x01(\x0b\x32\x10.stride.v1.Array\x12$\n\nterminated\x18\x05 \x01(\x0b\x32\x10.stride.v1.Array\x12#\n\ttruncated\x18\x06 \x01(\x0b\x32\x10.stride.v1.Array\x12#\n\tfinal_obs\x18\x07 \x01(\x0b\x32\x10.stride.v1.Array\x12\x16\n\x0epolicy_version\x18\x08 \x01(\x03\x12\x12\n\nactor_name\x18\t \x01(\t\x12\x17\n\x0f\x65pisode_returns\x18\n \x03(\x01\x12\x17\n\x0f\x65pisode_lengths\x18\x0b \x03(\x03\x12-\n\x13truncated_final_obs\x18\x0c \x01(\x0b\x32\x10.stride.v1.Array\"O\n\x0bPushSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x15\n\rdropped_stale\x18\x02 \x01(\x03\x12\x17\n\x0flearner_version\x18\x03 \x01(\x03\"*\n\x11GetWeightsRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"`\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x32\xa5\x01\n\x11\x45xperienceService\x12I\n\x0ePushTrajectory\x12\x1d.stride.v1.TrajectoryFragment\x1a\x16.stride.v1.PushSummary(\x01\x12\x45\n\nGetWeights\x12\x1c.stride.v1.GetWeightsRequest\x1a\x17.stride.v1.WeightsChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astride/v1/experience.proto\x12\tstride.v1\x1a\x16stride/v1/common.proto\"\xb0\x03\n\x12TrajectoryFragment\x12\x1d\n\x03obs\x18\x01 \x01(\x0b\x32\x10.stride.v1.Array\x12!\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x10.stride.v1.Array\x12\x1e\n\x04logp\x18\x03 \x01(\x0b\x32\x10.stride.v1.Array\x12!\n\x07rewards\x18\x04 \x01(\x0b\x32\x10.stride.v1.Array\x12$\n\nterminated\x18\x05 \x01(\x0b\x32\x10.stride.v1.Array\x12#\n\ttruncated\x18\x06 \x01(\x0b\x32\x10.stride.v1.Array\x12#\n\tfinal_obs\x18\x07 \x01(\x0b\x32\x10.stride.v1.Array\x12\x16\n\x0epolicy_version\x18\x08 \x01(\x03\x12\x12\n\nactor_name\x18\t \x01(\t\x12\x17\n\x0f\x65pisode_returns\x18\n \x03(\x01\x12\x17\n\x0f\x65pisode_lengths\x18\x0b \x03(\x03\x12-\n\x13truncated_final_obs\x18\x0c \x01(\x0b\x32\x10.stride.v1.Array\x12\x18\n\x10\x65pisode_ended_by\x18\r \x03(\t\"O\n\x0bPushSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x15\n\rdropped_stale\x18\x02 \x01(\x03\x12\x17\n\x0flearner_version\x18\x03 \x01(\x03\"*\n\x11GetWeightsRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"`\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x32\xa5\x01\n\x11\x45xperienceService\x12I\n\x0ePushTrajectory\x12\x1d.stride.v1.TrajectoryFragment\x1a\x16.stride.v1.PushSummary(\x01\x12\x45\n\nGetWeights\x12\x1c.stride.v1.GetWeightsRequest\x1a\x17.stride.v1.WeightsChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stride.v1.experience_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAJECTORYFRAGMENT']._serialized_start=66
-  _globals['_TRAJECTORYFRAGMENT']._serialized_end=472
-  _globals['_PUSHSUMMARY']._serialized_start=474
-  _globals['_PUSHSUMMARY']._serialized_end=553
-  _globals['_GETWEIGHTSREQUEST']._serialized_start=555
-  _globals['_GETWEIGHTSREQUEST']._serialized_end=597
-  _globals['_WEIGHTSCHUNK']._serialized_start=599
-  _globals['_WEIGHTSCHUNK']._serialized_end=695
-  _globals['_EXPERIENCESERVICE']._serialized_start=698
-  _globals['_EXPERIENCESERVICE']._serialized_end=863
+  _globals['_TRAJECTORYFRAGMENT']._serialized_end=498
+  _globals['_PUSHSUMMARY']._serialized_start=500
+  _globals['_PUSHSUMMARY']._serialized_end=579
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=581
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=623
+  _globals['_WEIGHTSCHUNK']._serialized_start=625
+  _globals['_WEIGHTSCHUNK']._serialized_end=721
+  _globals['_EXPERIENCESERVICE']._serialized_start=724
+  _globals['_EXPERIENCESERVICE']._serialized_end=889
 # @@protoc_insertion_point(module_scope)

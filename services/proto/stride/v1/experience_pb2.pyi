@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrajectoryFragment(_message.Message):
-    __slots__ = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "final_obs", "policy_version", "actor_name", "episode_returns", "episode_lengths", "truncated_final_obs")
+    __slots__ = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "final_obs", "policy_version", "actor_name", "episode_returns", "episode_lengths", "truncated_final_obs", "episode_ended_by")
     OBS_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     LOGP_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class TrajectoryFragment(_message.Message):
     EPISODE_RETURNS_FIELD_NUMBER: _ClassVar[int]
     EPISODE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FINAL_OBS_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_ENDED_BY_FIELD_NUMBER: _ClassVar[int]
     obs: _common_pb2.Array
     actions: _common_pb2.Array
     logp: _common_pb2.Array
@@ -33,7 +34,8 @@ class TrajectoryFragment(_message.Message):
     episode_returns: _containers.RepeatedScalarFieldContainer[float]
     episode_lengths: _containers.RepeatedScalarFieldContainer[int]
     truncated_final_obs: _common_pb2.Array
-    def __init__(self, obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., actions: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., logp: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., rewards: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., terminated: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., truncated: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., final_obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., policy_version: _Optional[int] = ..., actor_name: _Optional[str] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., truncated_final_obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ...) -> None: ...
+    episode_ended_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., actions: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., logp: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., rewards: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., terminated: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., truncated: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., final_obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., policy_version: _Optional[int] = ..., actor_name: _Optional[str] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., truncated_final_obs: _Optional[_Union[_common_pb2.Array, _Mapping]] = ..., episode_ended_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushSummary(_message.Message):
     __slots__ = ("accepted", "dropped_stale", "learner_version")
