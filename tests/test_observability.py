@@ -230,3 +230,15 @@ def test_metrics_bind_loopback_by_default() -> None:
         assert server.server_address[0] == "127.0.0.1"
     finally:
         server.shutdown()
+
+
+def test_end_reason_labels_are_capped() -> None:
+    """Episode end reasons can come from any env or over gRPC; each label value is a series kept
+    for the life of the process, so past MAX_END_REASONS distinct ones they are counted as other."""
+    from services.metrics import MAX_END_REASONS
+
+    m = StrideMetrics(run_id="r", mode="sync")
+    names = [f"reason{i}" for i in range(MAX_END_REASONS + 4)]
+    got = [m._reason_label(n) for n in names]
+    assert got[:MAX_END_REASONS] == names[:MAX_END_REASONS] and set(got[MAX_END_REASONS:]) == {"other"}
+    assert m._reason_label("reason0") == "reason0"  # one already seen keeps its own label
