@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.envs import mirror_maps
 from actors.policy import ActorCritic
 from actors.trajectory import Trajectory, Weights
 from learner.config import Config, learner_threads
@@ -131,6 +132,11 @@ class Learner:
         self.adaptive_lr = min(max(cfg.ppo.lr, LR_BOUNDS[0]), LR_BOUNDS[1])  # lr_schedule 'adaptive'
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.version = 0
+        maps = mirror_maps(cfg.env.id) if cfg.ppo.mirror else None  # validate() checked it exists
+        self.mirror = None if maps is None else tuple(
+            (torch.as_tensor(perm, device=self.device), torch.as_tensor(sign, device=self.device))
+            for perm, sign in maps)
+        self._mirror_obs_np = None if maps is None else maps[0]
 
     def weights(self) -> Weights:
         return self.model.weights(self.version)
@@ -182,6 +188,9 @@ class Learner:
         t0 = time.perf_counter()
         data = stack_fragments(fragments)
         raw_obs = data["obs"][:-1].reshape(-1, data["obs"].shape[-1])
+        if self._mirror_obs_np is not None:  # the statistics of both images: normalising commutes with mirroring
+            perm, sign = self._mirror_obs_np
+            raw_obs = np.concatenate([raw_obs, raw_obs[:, perm] * sign])
         if self.normalizer.count == 0:
             self.normalizer.update(raw_obs)
             self._sync_normalizer()
@@ -214,6 +223,8 @@ class Learner:
             values=values.reshape(-1),
             weights=weights,
         )
+        if self.mirror is not None:
+            batch, is_stats["mirror_logp_gap"] = self._with_mirror_images(batch)
         # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
         ent_coef = entropy_coef(self.cfg.ppo, env_steps)
@@ -240,12 +251,27 @@ class Learner:
             torch.cuda.synchronize(dev)
         t2 = time.perf_counter()
         stats.update(
-            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(T * B),
+            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(len(batch)),
             reward_multiplier=reward_multiplier, **is_stats,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
         )
         return stats
+
+    def _with_mirror_images(self, batch: Batch) -> tuple[Batch, float]:
+        """`batch` followed by its mirror image (ppo.mirror), and the policy's asymmetry on it: the
+        mean |log pi(a | s) - log pi(mirror a | mirror s)| before the update (0 for a policy that
+        is its own mirror image). The images keep their sample's advantage, return and importance
+        weight (all equal for a symmetric task and policy); their log-probs and values are the
+        pre-update model's."""
+        assert self.mirror is not None
+        (obs_perm, obs_sign), (act_perm, act_sign) = self.mirror
+        obs = batch.obs[:, obs_perm] * obs_sign
+        actions = batch.actions[:, act_perm] * act_sign
+        with torch.no_grad():
+            logp, _, values = self.model.evaluate(obs, actions)
+        gap = float((logp - batch.logp).abs().mean())
+        return batch.cat(Batch(obs, actions, logp, batch.advantages, batch.returns, values, batch.weights)), gap
 
     def _proximal(self, fragments: list[Trajectory], obs: torch.Tensor, actions: torch.Tensor,
                   behaviour_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -34,6 +34,10 @@ class Batch:
         """The rows `idx` (a copy)."""
         return Batch(*(getattr(self, f)[idx] for f in _FIELDS))
 
+    def cat(self, other: Batch) -> Batch:
+        """This batch's rows, then `other`'s."""
+        return Batch(*(torch.cat([getattr(self, f), getattr(other, f)]) for f in _FIELDS))
+
     def slice(self, start: int, stop: int) -> Batch:
         """Rows start:stop (views, no copy)."""
         return Batch(*(getattr(self, f)[start:stop] for f in _FIELDS))

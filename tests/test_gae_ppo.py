@@ -563,3 +563,65 @@ def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fra
     assert restored.return_stats.var[0] == learner.return_stats.var[0] and restored.return_stats.count == len(seen)
     off = Learner(C.load(None, {"env.id": "Pendulum-v1", "ppo.reward_scale": 2.0}), obs_dim=3, act_dim=1, device="cpu")
     assert off.reward_multiplier(batches[0]) == 2.0  # reward_norm off: the fixed scale only
+
+
+def test_mirror_images_join_the_batch_with_their_own_log_probs() -> None:
+    """ppo.mirror: each sample is followed by its mirror image (biped_sim.OBS_MIRROR/ACT_MIRROR),
+    which keeps the sample's advantage, return and importance weight and gets the pre-update
+    policy's log-prob and value; the normaliser sees both images, so its statistics are mirror
+    symmetric (zero mean on the negated entries, equal on the swapped pairs)."""
+    from actors.envs.biped_sim import ACT_MIRROR, OBS_MIRROR
+    from learner import config as C
+    from learner.learner import Learner
+
+    cfg = C.load(None, {"ppo.mirror": True, "ppo.epochs": 1, "ppo.minibatches": 2})
+    learner = Learner(cfg, obs_dim=31, act_dim=6, device="cpu")
+    rng = np.random.default_rng(3)
+    t, b = 4, 2
+    frag = Trajectory(rng.normal(1.0, 2.0, size=(t + 1, b, 31)).astype(np.float32),
+                      rng.uniform(-1, 1, size=(t, b, 6)).astype(np.float32), np.full((t, b), -5.0, np.float32),
+                      rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
+                      np.zeros((0, 31), np.float32), 0, 0)
+    stats = learner.update([frag], env_steps=0)
+    assert stats["batch_size"] == 2 * t * b and np.isfinite(stats["mirror_logp_gap"])
+    (perm, sign), (aperm, asign) = OBS_MIRROR, ACT_MIRROR
+    mean, var = learner.normalizer.mean, learner.normalizer.var
+    negated, swapped = sign < 0, perm != np.arange(31)
+    np.testing.assert_allclose(mean[negated], 0.0, atol=1e-6)
+    assert np.abs(mean[~negated & ~swapped]).min() > 0.1  # the data's mean of ~1 is kept where nothing flips
+    np.testing.assert_allclose(mean[swapped], mean[perm[swapped]], rtol=1e-6)
+    np.testing.assert_allclose(var[swapped], var[perm[swapped]], rtol=1e-6)
+
+    n = 6
+    obs = torch.as_tensor(rng.normal(size=(n, 31)).astype(np.float32))
+    actions = torch.as_tensor(rng.uniform(-1, 1, (n, 6)).astype(np.float32))
+    batch = Batch(obs, actions, torch.full((n,), -4.0), torch.arange(n, dtype=torch.float32),
+                  torch.arange(n, dtype=torch.float32) * 2, torch.zeros(n), torch.linspace(0.5, 1.5, n))
+    both, gap = learner._with_mirror_images(batch)
+    assert len(both) == 2 * n
+    for field in ("obs", "actions", "logp", "advantages", "returns", "values", "weights"):
+        assert torch.equal(getattr(both, field)[:n], getattr(batch, field)), field
+    m_obs = obs[:, torch.as_tensor(perm)] * torch.as_tensor(sign)
+    m_act = actions[:, torch.as_tensor(aperm)] * torch.as_tensor(asign)
+    assert torch.equal(both.obs[n:], m_obs) and torch.equal(both.actions[n:], m_act)
+    assert torch.equal(both.obs[n:, 0], -obs[:, 0]) and torch.equal(both.actions[n:, :3], actions[:, 3:])
+    for field in ("advantages", "returns", "weights"):
+        assert torch.equal(getattr(both, field)[n:], getattr(batch, field)), field
+    with torch.no_grad():
+        want = learner.model.distribution(m_obs).log_prob(m_act).sum(-1)
+        torch.testing.assert_close(both.logp[n:], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(both.values[n:], learner.model.value(m_obs), rtol=1e-5, atol=1e-5)
+    assert gap == pytest.approx(float((want + 4.0).abs().mean()), rel=1e-5)
+
+    plain = Learner(C.load(None, {"ppo.epochs": 1, "ppo.minibatches": 2}), obs_dim=31, act_dim=6, device="cpu")
+    stats = plain.update([frag], env_steps=0)
+    assert stats["batch_size"] == t * b and "mirror_logp_gap" not in stats
+
+
+def test_mirror_needs_an_env_with_a_known_symmetry() -> None:
+    from learner import config as C
+
+    C.validate(C.load(None, {"ppo.mirror": True}))  # the biped
+    C.validate(C.load(None, {"ppo.mirror": True, "env.id": "actors.envs:stride/BipedWalker-v0"}))
+    with pytest.raises(C.ConfigError, match=r"ppo.mirror: needs an env whose left-right symmetry is known"):
+        C.validate(C.load(None, {"ppo.mirror": True, "env.id": "Pendulum-v1"}))

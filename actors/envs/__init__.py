@@ -8,7 +8,14 @@
     envs = gymnasium.make_vec("stride/BipedWalker-v0", num_envs=64, vectorization_mode="vector_entry_point")
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import gymnasium
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BIPED_ID = "stride/BipedWalker-v0"
 CHAOS_ID = "stride/Chaos-v0"  # any env with injected crashes, stalls and NaNs (chaos.py)
@@ -22,4 +29,17 @@ if BIPED_ID not in gymnasium.registry:
 if CHAOS_ID not in gymnasium.registry:
     gymnasium.register(id=CHAOS_ID, entry_point="actors.envs.chaos:ChaosEnv")
 
-__all__ = ["BIPED_ID", "CHAOS_ID"]
+
+
+def mirror_maps(env_id: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    """((obs permutation, obs signs), (action permutation, action signs)) of the env's left-right
+    mirror symmetry, or None where none is known: the biped's (biped_sim.OBS_MIRROR, ACT_MIRROR),
+    for either spelling of its id."""
+    if env_id.rpartition(":")[2] != BIPED_ID:
+        return None
+    from actors.envs.biped_sim import ACT_MIRROR, OBS_MIRROR
+
+    return OBS_MIRROR, ACT_MIRROR
+
+
+__all__ = ["BIPED_ID", "CHAOS_ID", "mirror_maps"]

@@ -63,6 +63,27 @@ END_TILT = "tilt"  # |yaw|, |pitch| or |roll| at or beyond max_tilt
 END_TIME = "time_limit"  # truncation
 
 
+def _mirror_map(size: int, swaps: list[tuple[int, int]], flips: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    perm, sign = np.arange(size), np.ones(size, dtype=np.float32)
+    for a, b in swaps:
+        perm[a], perm[b] = b, a
+    sign[flips] = -1.0
+    return perm, sign
+
+
+# The biped's mirror image in the x-z plane (y -> -y), an exact symmetry of the task: the model,
+# reset noise, reward and ends are the same for both legs. obs' = obs[OBS_MIRROR[0]] *
+# OBS_MIRROR[1] swaps the legs' joint pairs, contacts and previous actions, and negates y, vy,
+# yaw, roll and the angular velocity about x and z (a rotation about y is its own mirror image,
+# so pitch and every hinge angle keep their sign); ACT_MIRROR swaps the two legs' torques.
+OBS_MIRROR = _mirror_map(
+    31,
+    [(11 + k, 17 + k) for k in range(6)] + [(23, 24)] + [(25 + k, 28 + k) for k in range(3)],
+    [0, 3, 5, 7, 8, 10],
+)
+ACT_MIRROR = _mirror_map(6, [(k, 3 + k) for k in range(3)], [])
+
+
 def tilt_direction(obs: np.ndarray) -> str:
     """Which way a robot whose episode ended by `tilt` went over, from its last observation
     [31] (yaw, pitch, roll at 5-7): the angle furthest from level names it; "forward" is
