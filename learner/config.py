@@ -127,14 +127,14 @@ class PPOConfig:
     PPO; the gradient is still the behaviour-policy ratio's). False clips against the behaviour
     log-probs directly; on the biped that clipped 40-60% of samples before the first step and let
     the entropy bonus drive entropy up (docs/benchmarks.md). No effect on on-policy fragments."""
-    mirror: bool = False
-    """Biped only: add each sample's mirror image to the update (the robot reflected left to right:
-    legs swapped, y, yaw and roll negated; an exact symmetry of the task, tested), with the
-    sample's advantage, return and importance weight, and its log-prob under the pre-update
-    policy to clip against; the observation normaliser is fed both. Doubles the batch (same
-    number of minibatches, each twice the size). Symmetry augmentation as in Mittal et al. 2024
-    ("Symmetry considerations for learning task symmetric robot policies"). Off by default:
-    docs/benchmarks.md, session 27."""
+    mirror_coef: float = 0.0
+    """Biped only: weight of a mirror-symmetry loss, the mean over the minibatch and the action
+    dimensions of (mu(mirror s) - mirror mu(s))^2, where mirror reflects the robot left to right
+    (legs swapped; y, yaw and roll negated: an exact symmetry of the task, tested) and mu is the
+    policy's mean action (Yu, Turk and Liu 2018, "Learning symmetric and low-energy
+    locomotion"). The observation normaliser is then fed both images of every observation, so
+    normalising commutes with mirroring. 0: off (the default; docs/benchmarks.md, session 27).
+    Adding the mirrored samples to the PPO batch instead was tried first and diverged."""
     max_is_weight: float = 0.0
     """Decoupled PPO: truncate the weights pi_current / pi_behaviour at this value (0: never),
     trading a little bias for less variance when a sample's behaviour policy made its action
@@ -361,10 +361,12 @@ def validate(cfg: Config) -> None:
     _check(p.max_is_weight == 0 or p.max_is_weight >= 1, "ppo.max_is_weight",
            f"must be 0 (no cap) or >= 1, got {p.max_is_weight}")
     _check(p.clip_coef > 0 or p.loss == "penalty", "ppo.clip_coef", "must be > 0 for the clip loss")
-    if p.mirror:
+    _check(p.mirror_coef >= 0 and math.isfinite(p.mirror_coef), "ppo.mirror_coef",
+           f"must be a finite value >= 0, got {p.mirror_coef}")
+    if p.mirror_coef > 0:
         from actors.envs import BIPED_ID, mirror_maps
 
-        _check(mirror_maps(e.id) is not None, "ppo.mirror",
+        _check(mirror_maps(e.id) is not None, "ppo.mirror_coef",
                f"needs an env whose left-right symmetry is known (the biped, {BIPED_ID}); {e.id} has none")
     _check(m.min_std >= 0 and math.isfinite(m.min_std), "model.min_std",
            f"must be 0 (no floor) or a finite std > 0, got {m.min_std}")

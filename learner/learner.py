@@ -20,7 +20,7 @@ from learner.config import Config, learner_threads
 from learner.cuda_graph import GraphCache
 from learner.gae import compute_gae
 from learner.normalizer import RunningMeanStd
-from learner.ppo import LR_BOUNDS, Batch, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_update
+from learner.ppo import LR_BOUNDS, Batch, Mirror, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_update
 
 
 def stack_fragments(fragments: list[Trajectory]) -> dict[str, np.ndarray]:
@@ -123,8 +123,9 @@ class Learner:
         self.flat_params = flatten_parameters(self.model)
         self.optimizer = torch.optim.Adam([self.flat_params], lr=cfg.ppo.lr, eps=1e-5, fused=True)
         assert self.flat_params.grad is not None  # the flat gradient buffer autograd adds into
+        # The graphed step has no mirror loss: with one, the eager step runs.
         self.graphs = (GraphCache(self.model, self.flat_params.grad, cfg.ppo)
-                       if self.device.type == "cuda" and cfg.train.cuda_graphs else None)
+                       if self.device.type == "cuda" and cfg.train.cuda_graphs and cfg.ppo.mirror_coef == 0 else None)
         self.normalizer = RunningMeanStd(obs_dim)
         self.return_stats = RunningMeanStd(1)  # of discounted returns, for ppo.reward_norm
         self.return_acc: dict[int, np.ndarray] = {}  # worker id -> running discounted return [B]
@@ -132,10 +133,9 @@ class Learner:
         self.adaptive_lr = min(max(cfg.ppo.lr, LR_BOUNDS[0]), LR_BOUNDS[1])  # lr_schedule 'adaptive'
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.version = 0
-        maps = mirror_maps(cfg.env.id) if cfg.ppo.mirror else None  # validate() checked it exists
-        self.mirror = None if maps is None else tuple(
-            (torch.as_tensor(perm, device=self.device), torch.as_tensor(sign, device=self.device))
-            for perm, sign in maps)
+        maps = mirror_maps(cfg.env.id) if cfg.ppo.mirror_coef > 0 else None  # validate() checked it exists
+        self.mirror = None if maps is None else Mirror(*(
+            torch.as_tensor(a, device=self.device) for a in (*maps[0], *maps[1])))
         self._mirror_obs_np = None if maps is None else maps[0]
 
     def weights(self) -> Weights:
@@ -223,14 +223,12 @@ class Learner:
             values=values.reshape(-1),
             weights=weights,
         )
-        if self.mirror is not None:
-            batch, is_stats["mirror_logp_gap"] = self._with_mirror_images(batch)
         # A non-finite loss must never reach the weights: restore the pre-update state, re-raise.
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
         ent_coef = entropy_coef(self.cfg.ppo, env_steps)
         try:
             stats = ppo_update(self.model, self.optimizer, batch, self.cfg.ppo, self.beta, self.generator, self.graphs,
-                               ent_coef)
+                               ent_coef, self.mirror)
         except FloatingPointError:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
@@ -251,27 +249,12 @@ class Learner:
             torch.cuda.synchronize(dev)
         t2 = time.perf_counter()
         stats.update(
-            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(len(batch)),
+            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(T * B),
             reward_multiplier=reward_multiplier, **is_stats,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
         )
         return stats
-
-    def _with_mirror_images(self, batch: Batch) -> tuple[Batch, float]:
-        """`batch` followed by its mirror image (ppo.mirror), and the policy's asymmetry on it: the
-        mean |log pi(a | s) - log pi(mirror a | mirror s)| before the update (0 for a policy that
-        is its own mirror image). The images keep their sample's advantage, return and importance
-        weight (all equal for a symmetric task and policy); their log-probs and values are the
-        pre-update model's."""
-        assert self.mirror is not None
-        (obs_perm, obs_sign), (act_perm, act_sign) = self.mirror
-        obs = batch.obs[:, obs_perm] * obs_sign
-        actions = batch.actions[:, act_perm] * act_sign
-        with torch.no_grad():
-            logp, _, values = self.model.evaluate(obs, actions)
-        gap = float((logp - batch.logp).abs().mean())
-        return batch.cat(Batch(obs, actions, logp, batch.advantages, batch.returns, values, batch.weights)), gap
 
     def _proximal(self, fragments: list[Trajectory], obs: torch.Tensor, actions: torch.Tensor,
                   behaviour_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,16 +34,31 @@ class Batch:
         """The rows `idx` (a copy)."""
         return Batch(*(getattr(self, f)[idx] for f in _FIELDS))
 
-    def cat(self, other: Batch) -> Batch:
-        """This batch's rows, then `other`'s."""
-        return Batch(*(torch.cat([getattr(self, f), getattr(other, f)]) for f in _FIELDS))
-
     def slice(self, start: int, stop: int) -> Batch:
         """Rows start:stop (views, no copy)."""
         return Batch(*(getattr(self, f)[start:stop] for f in _FIELDS))
 
 
 _FIELDS = ("obs", "actions", "logp", "advantages", "returns", "values", "weights")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """An env's left-right mirror symmetry as index/sign vectors on the learner's device:
+    mirror(x)[..., i] = x[..., perm[i]] * sign[i] (actors.envs.mirror_maps)."""
+
+    obs_perm: torch.Tensor  # [obs_dim] int64
+    obs_sign: torch.Tensor  # [obs_dim] float32, +-1
+    act_perm: torch.Tensor  # [act_dim] int64
+    act_sign: torch.Tensor  # [act_dim] float32, +-1
+
+
+def mirror_loss(model: ActorCritic, obs: torch.Tensor, mirror: Mirror) -> torch.Tensor:
+    """Mean over rows and action dimensions of (mu(mirror s) - mirror mu(s))^2 for raw
+    observations `obs` [M, obs_dim]: 0 exactly when the policy's mean is mirror-equivariant."""
+    mean = model.pi(model.normalize(obs))
+    mirrored = model.pi(model.normalize(obs[:, mirror.obs_perm] * mirror.obs_sign))
+    return ((mirrored - mean[:, mirror.act_perm] * mirror.act_sign) ** 2).mean()
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class LossOut:
     entropy: torch.Tensor
     approx_kl: torch.Tensor  # the low-variance estimator E[(r - 1) - log r]
     clipfrac: torch.Tensor  # fraction of samples where |r - 1| > clip_coef
+    mirror_loss: torch.Tensor | None = None  # ppo_update's mirror_loss term (before its weight), where used
 
 
 def ppo_loss(
@@ -154,12 +170,14 @@ def ppo_update(
     generator: torch.Generator,
     graphs: GraphCache | None = None,
     ent_coef: float | None = None,
+    mirror: Mirror | None = None,
 ) -> dict[str, float]:
     """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics.
 
     With `graphs` (CUDA only), each minibatch's forward, loss and backward are one CUDA graph
     replay (learner/cuda_graph.py); the arithmetic is the same as the eager path's.
-    `ent_coef` (default cfg.ent_coef) is this update's entropy bonus weight.
+    `ent_coef` (default cfg.ent_coef) is this update's entropy bonus weight. With `mirror` (eager
+    path only), cfg.mirror_coef x `mirror_loss` is added to each minibatch's loss.
 
     Stops early if cfg.target_kl > 0 and the KL passes it. Raises
     FloatingPointError (and leaves the weights as they were at the last good step) if a loss
@@ -173,6 +191,7 @@ def ppo_update(
     size = n // cfg.minibatches
     params = [p for group in optimizer.param_groups for p in group["params"]]  # what it steps
     sums = torch.zeros(len(_STAT_NAMES), device=batch.obs.device)
+    no_mirror = torch.zeros((), device=batch.obs.device)
     count = 0
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator, device="cpu").to(batch.obs.device)
@@ -190,6 +209,9 @@ def ppo_update(
                 new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
                 out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta,
                                mb.weights, ent_coef)
+                if mirror is not None:
+                    sym = mirror_loss(model, mb.obs, mirror)
+                    out = replace(out, loss=out.loss + cfg.mirror_coef * sym, mirror_loss=sym)
                 _check_finite(out)
                 optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached
                 out.loss.backward()
@@ -197,7 +219,8 @@ def ppo_update(
             optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([out.loss, out.policy_loss, out.value_loss, out.entropy, out.approx_kl,
-                                     out.clipfrac, grad_norm]).detach()
+                                     out.clipfrac, grad_norm,
+                                     no_mirror if out.mirror_loss is None else out.mirror_loss]).detach()
             count += 1
         if cfg.target_kl > 0 and float(sums[_KL] - kl_before) / cfg.minibatches > cfg.target_kl:
             break
@@ -212,5 +235,5 @@ def _check_finite(out: LossOut) -> None:
                                  f"value {out.value_loss.item()})")
 
 
-_STAT_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")
+_STAT_NAMES = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm", "mirror_loss")
 _KL = _STAT_NAMES.index("approx_kl")

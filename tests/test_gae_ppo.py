@@ -565,63 +565,86 @@ def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fra
     assert off.reward_multiplier(batches[0]) == 2.0  # reward_norm off: the fixed scale only
 
 
-def test_mirror_images_join_the_batch_with_their_own_log_probs() -> None:
-    """ppo.mirror: each sample is followed by its mirror image (biped_sim.OBS_MIRROR/ACT_MIRROR),
-    which keeps the sample's advantage, return and importance weight and gets the pre-update
-    policy's log-prob and value; the normaliser sees both images, so its statistics are mirror
-    symmetric (zero mean on the negated entries, equal on the swapped pairs)."""
-    from actors.envs.biped_sim import ACT_MIRROR, OBS_MIRROR
-    from learner import config as C
-    from learner.learner import Learner
-
-    cfg = C.load(None, {"ppo.mirror": True, "ppo.epochs": 1, "ppo.minibatches": 2})
-    learner = Learner(cfg, obs_dim=31, act_dim=6, device="cpu")
-    rng = np.random.default_rng(3)
-    t, b = 4, 2
-    frag = Trajectory(rng.normal(1.0, 2.0, size=(t + 1, b, 31)).astype(np.float32),
+def _biped_fragment(rng: np.random.Generator, t: int = 32, b: int = 4) -> Trajectory:
+    return Trajectory(rng.normal(1.0, 2.0, size=(t + 1, b, 31)).astype(np.float32),
                       rng.uniform(-1, 1, size=(t, b, 6)).astype(np.float32), np.full((t, b), -5.0, np.float32),
                       rng.normal(size=(t, b)).astype(np.float32), np.zeros((t, b), bool), np.zeros((t, b), bool),
                       np.zeros((0, 31), np.float32), 0, 0)
-    stats = learner.update([frag], env_steps=0)
-    assert stats["batch_size"] == 2 * t * b and np.isfinite(stats["mirror_logp_gap"])
-    (perm, sign), (aperm, asign) = OBS_MIRROR, ACT_MIRROR
+
+
+def test_mirror_loss_by_hand_and_learnable() -> None:
+    """mirror_loss is the mean of (mu(mirror s) - mirror mu(s))^2, computed here with the NumPy
+    policy and the maps applied by index; minimising it alone drives it towards 0 (the MLP can be
+    mirror-equivariant), and it is 0 for a policy whose mean does not depend on the state."""
+    from actors.envs import mirror_maps
+    from learner.ppo import Mirror, mirror_loss
+
+    maps = mirror_maps("stride/BipedWalker-v0")
+    assert maps is not None and mirror_maps("Pendulum-v1") is None
+    (perm, sign), (aperm, asign) = maps
+    mirror = Mirror(*(torch.as_tensor(a) for a in (perm, sign, aperm, asign)))
+    torch.manual_seed(0)
+    model = ActorCritic(31, 6, (32, 32))
+    with torch.no_grad():
+        model.pi[-1].weight.mul_(100.0)  # means of order 1 (the init's output gain is 0.01)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 31)).astype(np.float32)
+    pol = NumpyPolicy(model.weights(0))
+    want = np.mean((pol.mean(obs[:, perm] * sign) - pol.mean(obs)[:, aperm] * asign) ** 2)
+    got = mirror_loss(model, torch.as_tensor(obs), mirror)
+    assert want > 0.01 and float(got) == pytest.approx(float(want), rel=1e-4)
+    opt = torch.optim.Adam(model.pi.parameters(), lr=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        mirror_loss(model, torch.as_tensor(obs), mirror).backward()
+        opt.step()
+    assert float(mirror_loss(model, torch.as_tensor(obs), mirror)) < 0.05 * float(want)
+    with torch.no_grad():
+        model.pi[-1].weight.zero_()
+        model.pi[-1].bias.copy_(torch.as_tensor([0.3, -0.2, 0.1, 0.3, -0.2, 0.1]))  # the same for both legs
+    assert float(mirror_loss(model, torch.as_tensor(obs), mirror)) == 0.0
+
+
+def test_the_learner_adds_the_mirror_loss_and_symmetrises_its_normaliser() -> None:
+    """ppo.mirror_coef > 0: the update reports the mirror loss and lowers it against the same
+    update without the term; the normaliser is fed both images of every observation, so its
+    statistics are mirror symmetric (zero mean on the negated entries, equal on the swapped
+    pairs)."""
+    from actors.envs.biped_sim import OBS_MIRROR
+    from learner import config as C
+    from learner.learner import Learner
+
+    def update(coef: float) -> tuple[Learner, dict[str, float]]:
+        cfg = C.load(None, {"ppo.mirror_coef": coef, "ppo.epochs": 10, "ppo.minibatches": 2, "ppo.target_kl": 0.0})
+        learner = Learner(cfg, obs_dim=31, act_dim=6, device="cpu")
+        with torch.no_grad():
+            learner.model.pi[-1].weight.mul_(100.0)
+        return learner, learner.update([_biped_fragment(np.random.default_rng(3))], env_steps=0)
+
+    learner, stats = update(1.0)
+    plain, plain_stats = update(0.0)
+    assert plain_stats["mirror_loss"] == 0.0 and stats["mirror_loss"] > 0.0
+    perm, sign = OBS_MIRROR
+    from learner.ppo import mirror_loss
+
+    obs = torch.as_tensor(np.random.default_rng(4).normal(size=(256, 31)).astype(np.float32))
+    assert float(mirror_loss(learner.model, obs, learner.mirror)) < 0.5 * float(mirror_loss(plain.model, obs,
+                                                                                                  learner.mirror))
     mean, var = learner.normalizer.mean, learner.normalizer.var
     negated, swapped = sign < 0, perm != np.arange(31)
     np.testing.assert_allclose(mean[negated], 0.0, atol=1e-6)
-    assert np.abs(mean[~negated & ~swapped]).min() > 0.1  # the data's mean of ~1 is kept where nothing flips
+    assert np.abs(mean[~negated & ~swapped]).min() > 0.3  # the data's mean of ~1 is kept where nothing flips
     np.testing.assert_allclose(mean[swapped], mean[perm[swapped]], rtol=1e-6)
     np.testing.assert_allclose(var[swapped], var[perm[swapped]], rtol=1e-6)
-
-    n = 6
-    obs = torch.as_tensor(rng.normal(size=(n, 31)).astype(np.float32))
-    actions = torch.as_tensor(rng.uniform(-1, 1, (n, 6)).astype(np.float32))
-    batch = Batch(obs, actions, torch.full((n,), -4.0), torch.arange(n, dtype=torch.float32),
-                  torch.arange(n, dtype=torch.float32) * 2, torch.zeros(n), torch.linspace(0.5, 1.5, n))
-    both, gap = learner._with_mirror_images(batch)
-    assert len(both) == 2 * n
-    for field in ("obs", "actions", "logp", "advantages", "returns", "values", "weights"):
-        assert torch.equal(getattr(both, field)[:n], getattr(batch, field)), field
-    m_obs = obs[:, torch.as_tensor(perm)] * torch.as_tensor(sign)
-    m_act = actions[:, torch.as_tensor(aperm)] * torch.as_tensor(asign)
-    assert torch.equal(both.obs[n:], m_obs) and torch.equal(both.actions[n:], m_act)
-    assert torch.equal(both.obs[n:, 0], -obs[:, 0]) and torch.equal(both.actions[n:, :3], actions[:, 3:])
-    for field in ("advantages", "returns", "weights"):
-        assert torch.equal(getattr(both, field)[n:], getattr(batch, field)), field
-    with torch.no_grad():
-        want = learner.model.distribution(m_obs).log_prob(m_act).sum(-1)
-        torch.testing.assert_close(both.logp[n:], want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(both.values[n:], learner.model.value(m_obs), rtol=1e-5, atol=1e-5)
-    assert gap == pytest.approx(float((want + 4.0).abs().mean()), rel=1e-5)
-
-    plain = Learner(C.load(None, {"ppo.epochs": 1, "ppo.minibatches": 2}), obs_dim=31, act_dim=6, device="cpu")
-    stats = plain.update([frag], env_steps=0)
-    assert stats["batch_size"] == t * b and "mirror_logp_gap" not in stats
+    assert np.abs(plain.normalizer.mean[negated]).min() > 0.3  # without the term: the raw data's own
 
 
 def test_mirror_needs_an_env_with_a_known_symmetry() -> None:
     from learner import config as C
 
-    C.validate(C.load(None, {"ppo.mirror": True}))  # the biped
-    C.validate(C.load(None, {"ppo.mirror": True, "env.id": "actors.envs:stride/BipedWalker-v0"}))
-    with pytest.raises(C.ConfigError, match=r"ppo.mirror: needs an env whose left-right symmetry is known"):
-        C.validate(C.load(None, {"ppo.mirror": True, "env.id": "Pendulum-v1"}))
+    C.validate(C.load(None, {"ppo.mirror_coef": 1.0}))  # the biped
+    C.validate(C.load(None, {"ppo.mirror_coef": 1.0, "env.id": "actors.envs:stride/BipedWalker-v0"}))
+    with pytest.raises(C.ConfigError, match=r"ppo.mirror_coef: needs an env whose left-right symmetry is known"):
+        C.validate(C.load(None, {"ppo.mirror_coef": 1.0, "env.id": "Pendulum-v1"}))
+    with pytest.raises(C.ConfigError, match=r"ppo.mirror_coef: must be a finite value >= 0"):
+        C.validate(C.load(None, {"ppo.mirror_coef": -1.0}))
