@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from actors.envs import BIPED_ID
+from actors.envs import is_biped
 from actors.policy import NumpyPolicy
 from actors.trajectory import EpisodeStats, Trajectory, Weights, rss_bytes
 
@@ -29,7 +29,7 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = No
     path for the biped, Gymnasium's SyncVectorEnv for any other id). The biped's 'module:EnvId'
     form ('actors.envs:stride/BipedWalker-v0') names the same env, so it gets the fast path too."""
     kwargs = dict(env_kwargs or {})
-    if env_id.rpartition(":")[2] == BIPED_ID:
+    if is_biped(env_id):
         from actors.envs.batched import BatchedBipedEnv
 
         return BatchedBipedEnv(num_envs, **kwargs)

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 import actors.envs  # noqa: F401  (registers the biped)
-from actors.envs import BIPED_ID
+from actors.envs import is_biped
 from actors.envs.biped_sim import END_TILT, tilt_direction
 from actors.policy import NumpyPolicy
 from actors.trajectory import Weights
@@ -89,7 +89,7 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
 
 
 def _is_biped(env: gym.Env) -> bool:
-    return env.spec is not None and env.spec.id == BIPED_ID
+    return env.spec is not None and is_biped(env.spec.id)
 
 
 def _torso_x(env: gym.Env) -> float | None:

@@ -31,15 +31,21 @@ if CHAOS_ID not in gymnasium.registry:
 
 
 
+def is_biped(env_id: str) -> bool:
+    """Whether `env_id` names the biped, in either spelling ("stride/BipedWalker-v0" or
+    Gymnasium's "module:EnvId" form, "actors.envs:stride/BipedWalker-v0")."""
+    return env_id.rpartition(":")[2] == BIPED_ID
+
+
 def mirror_maps(env_id: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
     """((obs permutation, obs signs), (action permutation, action signs)) of the env's left-right
     mirror symmetry, or None where none is known: the biped's (biped_sim.OBS_MIRROR, ACT_MIRROR),
     for either spelling of its id."""
-    if env_id.rpartition(":")[2] != BIPED_ID:
+    if not is_biped(env_id):
         return None
     from actors.envs.biped_sim import ACT_MIRROR, OBS_MIRROR
 
     return OBS_MIRROR, ACT_MIRROR
 
 
-__all__ = ["BIPED_ID", "CHAOS_ID", "mirror_maps"]
+__all__ = ["BIPED_ID", "CHAOS_ID", "is_biped", "mirror_maps"]
