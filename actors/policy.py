@@ -108,6 +108,13 @@ class ActorCritic(nn.Module):
         one normalisation for both heads and no Distribution object, since per-op overhead is
         most of a small minibatch step on the CPU.
         """
+        logp, entropy, values, _ = self.evaluate_with_mean(obs, actions)
+        return logp, entropy, values
+
+    def evaluate_with_mean(self, obs: torch.Tensor, actions: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`evaluate`'s log-prob [N], entropy [N] and values [N], plus the policy's mean action
+        [N, act_dim] it computed on the way (the mirror loss needs it; one forward pass, not two)."""
         z = self.normalize(obs)
         mean = self.pi(z)
         log_std = self.log_std
@@ -115,7 +122,7 @@ class ActorCritic(nn.Module):
         logp = (actions - mean).mul(torch.exp(-log_std)).pow(2).sum(-1).mul(-0.5) - (
             log_std_sum + 0.5 * LOG_2PI * self.act_dim)
         entropy = (log_std_sum + (0.5 + 0.5 * LOG_2PI) * self.act_dim).expand(obs.shape[0])
-        return logp, entropy, self.v(z).squeeze(-1)
+        return logp, entropy, self.v(z).squeeze(-1), mean
 
     def weights(self, version: int) -> Weights:
         """Snapshot the parameters and normaliser as CPU NumPy arrays."""

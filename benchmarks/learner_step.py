@@ -10,6 +10,7 @@ repeat by repeat so that machine noise hits them alike:
   flat       one flat parameter buffer, fused Adam, the sigmoid-based Tanh   (the learner on a CPU)
   graph      flat, with each minibatch's forward, loss and backward replayed as a CUDA graph
              (learner/cuda_graph.py; CUDA only: the learner on a GPU)
+  mirror     flat, plus the mirror-symmetry loss of ppo.mirror_coef = 1 (biped only; eager)
 Medians of --repeats.
 """
 
@@ -24,11 +25,12 @@ import time
 import torch
 from torch import nn
 
+from actors.envs import mirror_maps
 from actors.policy import ActorCritic, Tanh
 from learner.config import PPOConfig
 from learner.cuda_graph import GraphCache
 from learner.learner import flatten_parameters
-from learner.ppo import Batch, ppo_update
+from learner.ppo import Batch, Mirror, ppo_update
 
 SHAPES = {
     "walker2d": dict(obs_dim=17, hidden=(64, 64), n=2048, epochs=10, minibatches=32),
@@ -37,7 +39,7 @@ SHAPES = {
 
 
 def build(shape: dict, variant: str, device: str
-          ) -> tuple[ActorCritic, torch.optim.Optimizer, Batch, PPOConfig, GraphCache | None]:
+          ) -> tuple[ActorCritic, torch.optim.Optimizer, Batch, PPOConfig, GraphCache | None, Mirror | None]:
     torch.manual_seed(0)
     model = ActorCritic(shape["obs_dim"], 6, shape["hidden"]).to(device)
     flat = None
@@ -57,10 +59,17 @@ def build(shape: dict, variant: str, device: str
         logp, _, values = model.evaluate(obs, actions)
     batch = Batch(obs, actions, logp, torch.randn(n, device=device), values + torch.randn(n, device=device), values,
                   torch.ones(n, device=device))
-    cfg = PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"])
+    cfg = PPOConfig(epochs=shape["epochs"], minibatches=shape["minibatches"],
+                    mirror_coef=1.0 if variant == "mirror" else 0.0)
     graphs = GraphCache(model, flat.grad, cfg) if variant == "graph" and flat is not None and flat.grad is not None \
         else None
-    return model, opt, batch, cfg, graphs
+    mirror = None
+    if variant == "mirror":
+        maps = mirror_maps("stride/BipedWalker-v0")
+        assert maps is not None
+        (perm, sign), (aperm, asign) = maps
+        mirror = Mirror(*(torch.as_tensor(a, device=device) for a in (perm, sign, aperm, asign)))
+    return model, opt, batch, cfg, graphs, mirror
 
 
 def main() -> None:
@@ -70,21 +79,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    variants = ("per-layer", "flat", "graph") if args.device.startswith("cuda") else ("per-layer", "flat")
+    devices_variants = ("per-layer", "flat", "graph") if args.device.startswith("cuda") else ("per-layer", "flat")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'shape':>9} {'variant':>10} {'update ms':>10} {'ms/step':>8} {'us/sample':>10} {'speed-up':>9}")
     for name, shape in SHAPES.items():
+        variants = devices_variants + (("mirror",) if name == "biped" else ())
         built = {v: build(shape, v, args.device) for v in variants}
         gen = {v: torch.Generator().manual_seed(0) for v in variants}
         times: dict[str, list[float]] = {v: [] for v in variants}
         for rep in range(args.repeats + 1):
             for v in variants:
-                model, opt, batch, cfg, graphs = built[v]
+                model, opt, batch, cfg, graphs, mirror = built[v]
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                ppo_update(model, opt, batch, cfg, 1.0, gen[v], graphs)  # ends in a host read: synchronised
+                ppo_update(model, opt, batch, cfg, 1.0, gen[v], graphs, mirror=mirror)  # ends in a host read
                 if rep:  # the first round warms up
                     times[v].append(time.perf_counter() - start)
         base = statistics.median(times["per-layer"])

@@ -53,10 +53,14 @@ class Mirror:
     act_sign: torch.Tensor  # [act_dim] float32, +-1
 
 
-def mirror_loss(model: ActorCritic, obs: torch.Tensor, mirror: Mirror) -> torch.Tensor:
+def mirror_loss(model: ActorCritic, obs: torch.Tensor, mirror: Mirror, mean: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """Mean over rows and action dimensions of (mu(mirror s) - mirror mu(s))^2 for raw
-    observations `obs` [M, obs_dim]: 0 exactly when the policy's mean is mirror-equivariant."""
-    mean = model.pi(model.normalize(obs))
+    observations `obs` [M, obs_dim]: 0 exactly when the policy's mean is mirror-equivariant.
+    `mean` [M, act_dim] is mu(s) where the caller has it already (ppo_update, from
+    `evaluate_with_mean`); otherwise it is computed here."""
+    if mean is None:
+        mean = model.pi(model.normalize(obs))
     mirrored = model.pi(model.normalize(obs[:, mirror.obs_perm] * mirror.obs_sign))
     return ((mirrored - mean[:, mirror.act_perm] * mirror.act_sign) ** 2).mean()
 
@@ -206,11 +210,11 @@ def ppo_update(
                 adv = mb.advantages
                 if cfg.norm_adv and len(adv) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                new_logp, entropy, new_values = model.evaluate(mb.obs, mb.actions)
+                new_logp, entropy, new_values, mean = model.evaluate_with_mean(mb.obs, mb.actions)
                 out = ppo_loss(new_logp, mb.logp, adv, new_values, mb.values, mb.returns, entropy, cfg, beta,
                                mb.weights, ent_coef)
                 if mirror is not None:
-                    sym = mirror_loss(model, mb.obs, mirror)
+                    sym = mirror_loss(model, mb.obs, mirror, mean)
                     out = replace(out, loss=out.loss + cfg.mirror_coef * sym, mirror_loss=sym)
                 _check_finite(out)
                 optimizer.zero_grad(set_to_none=False)  # in place: keeps flat gradient views attached

@@ -593,6 +593,13 @@ def test_mirror_loss_by_hand_and_learnable() -> None:
     want = np.mean((pol.mean(obs[:, perm] * sign) - pol.mean(obs)[:, aperm] * asign) ** 2)
     got = mirror_loss(model, torch.as_tensor(obs), mirror)
     assert want > 0.01 and float(got) == pytest.approx(float(want), rel=1e-4)
+    # ppo_update hands in the mean evaluate_with_mean computed: the same mean, the same loss
+    actions = torch.as_tensor(rng.normal(size=(64, 6)).astype(np.float32))
+    *terms, mean = model.evaluate_with_mean(torch.as_tensor(obs), actions)
+    np.testing.assert_allclose(mean.detach().numpy(), pol.mean(obs), rtol=1e-5, atol=1e-6)
+    for a, b in zip(terms, model.evaluate(torch.as_tensor(obs), actions), strict=True):
+        assert torch.equal(a, b)
+    assert float(mirror_loss(model, torch.as_tensor(obs), mirror, mean)) == float(got)
     opt = torch.optim.Adam(model.pi.parameters(), lr=1e-3)
     for _ in range(300):
         opt.zero_grad()
