@@ -146,6 +146,13 @@ def _json(value: Any, indent: int | None = None) -> str:
     return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
+def read_eval_curve(path: Path) -> list[EvalPoint]:
+    """The evaluations in an eval_curve.jsonl, one JSON object per line. Lines written before a
+    field existed (ended_by and tilted came in session 27) load with that field's default, so an
+    older experiment can still be resumed."""
+    return [EvalPoint(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _resume_clock(run_dir: Path, trainer: Trainer) -> tuple[float, list[EvalPoint]]:
     """Seconds from the original start to the end of the checkpoint's iteration (the resumed
     trainer's last kept record), and the evaluations made up to that checkpoint, with
@@ -154,7 +161,7 @@ def _resume_clock(run_dir: Path, trainer: Trainer) -> tuple[float, list[EvalPoin
     last, env_steps = trainer.last_record, trainer.counters.env_steps
     elapsed = float(last["wall_time"]) - started_at if last else 0.0
     curve_path = run_dir / "eval_curve.jsonl"
-    curve = [EvalPoint(**json.loads(x)) for x in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    curve = read_eval_curve(curve_path) if curve_path.exists() else []
     kept = [p for p in curve if p.env_steps <= env_steps]
     if curve_path.exists():
         tmp = curve_path.with_suffix(".jsonl.tmp")

@@ -243,3 +243,25 @@ def test_time_to_walk_writes_strict_json() -> None:
     text = _json({"train_return": float("nan"), "eval_curve": [{"train_return": float("nan"), "x": 1.5}]})
     assert "NaN" not in text
     assert json.loads(text) == {"train_return": None, "eval_curve": [{"train_return": None, "x": 1.5}]}
+
+
+def test_an_older_eval_curve_still_loads(tmp_path: Path) -> None:
+    """eval_curve.jsonl lines from before ended_by/tilted were recorded load with empty counts
+    next to newer lines, and a NaN training return written as null comes back; written out again
+    (as a resume does) every line has every field."""
+    from dataclasses import asdict
+
+    from services.time_to_walk import _json, read_eval_curve
+
+    old = {"wall_seconds": 300.5, "env_steps": 2_700_000, "train_return": None, "eval_return": 69.0,
+           "eval_return_std": 12.5, "eval_length": 33.0, "eval_forward_distance_m": 1.88}
+    new = {**old, "wall_seconds": 601.0, "env_steps": 5_400_000, "train_return": 72.3,
+           "ended_by": {"tilt": 15, "fell": 5}, "tilted": {"forward": 9, "sideways": 6}}
+    path = tmp_path / "eval_curve.jsonl"
+    path.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n\n")
+    first, second = read_eval_curve(path)
+    assert first.ended_by == {} and first.tilted == {} and first.train_return is None
+    assert first.eval_forward_distance_m == 1.88 and first.env_steps == 2_700_000
+    assert second.ended_by == {"tilt": 15, "fell": 5} and second.tilted == {"forward": 9, "sideways": 6}
+    rewritten = [json.loads(_json(asdict(p))) for p in (first, second)]
+    assert rewritten == [{**old, "ended_by": {}, "tilted": {}}, new]
