@@ -22,7 +22,8 @@ An actor that has used up `rollout.max_actor_restarts` is *gone*: Ray answers ev
 once with `ActorDiedError`, where a restarting actor's calls wait (or raise
 `ActorUnavailableError`). One such answer can also be a probe that was in flight when a
 restartable actor died, so an actor is taken for gone only once its probes have answered nothing
-but that for `GONE_AFTER_S`; it is then no longer probed (`actors_gone`), the run goes on with the
+but that, each at once, for `GONE_AFTER_S` (a probe that waits means Ray is restarting the actor,
+and starts that count again); it is then no longer probed (`actors_gone`), the run goes on with the
 others, and `RolloutFailed` is raised when none is left.
 
 With `rollout.node_relays`, the fragments of actors on other nodes than the driver's are fetched
@@ -274,7 +275,11 @@ class ActorPool:
             if now - self.probe_sent[obj] > PROBE_RETRY_S:
                 ray.cancel(obj)
                 del self.probe_sent[obj]
-                self._probe(self.probes.pop(obj))
+                i = self.probes.pop(obj)
+                # A gone actor's probes answer at once; one that waited means Ray is restarting
+                # it, so an ActorDiedError after this is a new death, not a sign it is gone.
+                self.dead_since.pop(i, None)
+                self._probe(i)
         back = []
         for obj in ready:
             i = self.probes.pop(obj)
