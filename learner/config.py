@@ -245,8 +245,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
             return str(value)
-        if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+        if origin is tuple:  # "256,256", or YAML's "[256, 256]" as a user would write it in a file
+            items = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
             return tuple(int(x) for x in items if str(x).strip() != "")
         if origin is dict:
             if isinstance(value, str):

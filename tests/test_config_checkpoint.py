@@ -36,6 +36,11 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert cfg.model.hidden == (32, 32) and cfg.train.total_steps == 100_000
     C.save(cfg, tmp_path / "out.yaml")
     assert C.load(tmp_path / "out.yaml") == cfg  # round trip
+    # --set model.hidden=...: the comma list, or the YAML list a user copies from a config file
+    for text in ("256,256", "[256, 256]", " (256,256) ", "256, 256,"):
+        assert C.load(None, {"model.hidden": text}).model.hidden == (256, 256), text
+    with pytest.raises(C.ConfigError, match="model.hidden"):
+        C.load(None, {"model.hidden": "[256, wide]"})
 
 
 def test_run_folders_saved_with_anneal_lr_still_load(tmp_path: Path) -> None:
