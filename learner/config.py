@@ -133,8 +133,10 @@ class PPOConfig:
     (legs swapped; y, yaw and roll negated: an exact symmetry of the task, tested) and mu is the
     policy's mean action (Yu, Turk and Liu 2018, "Learning symmetric and low-energy
     locomotion"). The observation normaliser is then fed both images of every observation, so
-    normalising commutes with mirroring. 0: off (the default; docs/benchmarks.md, session 27).
-    Adding the mirrored samples to the PPO batch instead was tried first and diverged."""
+    normalising commutes with mirroring, and after each update the state-independent log-std is
+    averaged with its mirror image (each joint's with the other leg's). 0: off (the default;
+    docs/benchmarks.md, session 27). Adding the mirrored samples to the PPO batch instead was
+    tried first and diverged."""
     max_is_weight: float = 0.0
     """Decoupled PPO: truncate the weights pi_current / pi_behaviour at this value (0: never),
     trading a little bias for less variance when a sample's behaviour policy made its action

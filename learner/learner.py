@@ -233,6 +233,9 @@ class Learner:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
             raise
+        if self.mirror is not None:  # the std is state-independent: make it the same for both legs
+            log_std = self.model.log_std.data
+            log_std.copy_(0.5 * (log_std + log_std[self.mirror.act_perm]))
         if self.cfg.model.min_std > 0:  # a projection after the step: the loss is left as it is
             self.model.log_std.data.clamp_(min=math.log(self.cfg.model.min_std))
         beta_used = self.beta

@@ -644,6 +644,11 @@ def test_the_learner_adds_the_mirror_loss_and_symmetrises_its_normaliser() -> No
     np.testing.assert_allclose(mean[swapped], mean[perm[swapped]], rtol=1e-6)
     np.testing.assert_allclose(var[swapped], var[perm[swapped]], rtol=1e-6)
     assert np.abs(plain.normalizer.mean[negated]).min() > 0.3  # without the term: the raw data's own
+    # the std is tied across the legs: each joint's log-std equals the other leg's, as it moved
+    aperm = learner.mirror.act_perm
+    log_std, plain_log_std = learner.model.log_std.detach(), plain.model.log_std.detach()
+    assert torch.equal(log_std, log_std[aperm])
+    assert not torch.equal(plain_log_std, plain_log_std[aperm]) and not torch.allclose(log_std, torch.full((6,), -0.5))
 
 
 def test_mirror_needs_an_env_with_a_known_symmetry() -> None:
