@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from learner.actor_pool import RolloutFailed
-from learner.trainer import Trainer
+from learner import config as C
+from learner.actor_pool import GONE_AFTER_S, PROBE_RETRY_S, ActorPool, RolloutFailed
+from learner.trainer import Counters, Trainer
 from tests.chaos.helpers import TrainerThread, records, small_config, wait_for
 from tests.conftest import start_local_ray
 
@@ -119,3 +121,45 @@ def test_an_actor_out_of_restarts_is_given_up_and_the_last_one_stops_the_run(tmp
     assert state["counters"]["iteration"] == len(records(tmp_path))
     print(f"out of restarts: {len(after)} updates with one actor, then RolloutFailed at "
           f"iteration {state['counters']['iteration']}")
+
+
+@ray.remote(num_cpus=0)
+class _StillRestarting:
+    """Stands in for an actor Ray is restarting: its probes go unanswered (sleep) until killed."""
+
+    def node_id(self) -> str:
+        time.sleep(60)
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_a_probe_left_waiting_gives_a_later_death_a_fresh_window() -> None:
+    # An actor whose probes answered ActorDiedError for almost GONE_AFTER_S, and then a probe that
+    # waits (Ray is restarting it after all): the pool re-sends that probe after PROBE_RETRY_S and
+    # forgets the earlier deaths, so when the actor then dies for good it gets a whole GONE_AFTER_S
+    # of probes before it is given up, not the few milliseconds left of the old window.
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "env.envs_per_actor": 2})
+    C.validate(cfg)
+    pool = ActorPool(cfg, Counters(), 2, seed=0)  # two: the last actor gone would stop the run
+    try:
+        assert pool.wait_ready(timeout=60) == 2
+        pool.workers[0] = _StillRestarting.remote()
+        pool.dead_since[0] = time.monotonic() - (GONE_AFTER_S - 0.1)
+        pool._mark_down(0)
+        (first,) = pool.probes
+        deadline = time.monotonic() + 10 * PROBE_RETRY_S
+        while first in pool.probes and time.monotonic() < deadline:
+            assert pool.revived() == []
+            time.sleep(0.05)
+        assert first not in pool.probes and list(pool.probes.values()) == [0], "the waiting probe was not re-sent"
+        assert 0 not in pool.dead_since and pool.gone == set()
+        ray.kill(pool.workers[0], no_restart=True)  # now it dies for good
+        killed = time.monotonic()
+        while not pool.gone and time.monotonic() < killed + 6 * GONE_AFTER_S:
+            pool.revived()
+            time.sleep(0.05)
+        given_up_after = time.monotonic() - killed
+        assert pool.gone == {0} and pool.counters.actors_gone == 1
+        assert given_up_after >= 0.9 * GONE_AFTER_S, f"given up {given_up_after:.2f}s after its death"
+        print(f"probe re-sent after {PROBE_RETRY_S}s; the dead actor was given up {given_up_after:.1f}s after it died")
+    finally:
+        pool.shutdown()
