@@ -47,11 +47,29 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 120.0,
 class TrainerThread(threading.Thread):
     """`Trainer.run()` in a thread; `stop()` asks it to finish like SIGTERM would."""
 
+    started: list[TrainerThread] = []  # every one started, for `stop_leftovers`
+
     def __init__(self, trainer: Trainer) -> None:
         super().__init__(daemon=True)
         self.trainer = trainer
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
+
+    def start(self) -> None:
+        TrainerThread.started.append(self)
+        super().start()
+
+    @classmethod
+    def stop_leftovers(cls, timeout: float = 120.0) -> list[TrainerThread]:
+        """Stops the trainers a test left running (it failed before its own `stop()`); returns
+        those that would not stop. A trainer left running would go on calling Ray after the
+        module's fixture has shut it down, or while the next module starts its own cluster."""
+        leftovers, cls.started = [t for t in cls.started if t.is_alive()], []
+        for t in leftovers:
+            t.trainer._stop = True
+        for t in leftovers:
+            t.join(timeout)
+        return [t for t in leftovers if t.is_alive()]
 
     def run(self) -> None:
         try:
