@@ -14,6 +14,8 @@ def _stop_trainers_left_running():
     the failure is reported as itself and the next module starts on a quiet Ray. A trainer that
     will not stop is an error of this test's, named here."""
     yield
-    stuck = TrainerThread.stop_leftovers()
+    timeout = 120.0
+    stuck = TrainerThread.stop_leftovers(timeout)
     if stuck:
-        pytest.fail(f"{len(stuck)} trainer thread(s) did not stop within 120 s of the test's end", pytrace=False)
+        pytest.fail(f"{len(stuck)} trainer thread(s) did not stop within {timeout:.0f} s of the test's end",
+                    pytrace=False)

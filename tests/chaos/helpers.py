@@ -66,7 +66,7 @@ class TrainerThread(threading.Thread):
         module's fixture has shut it down, or while the next module starts its own cluster."""
         leftovers, cls.started = [t for t in cls.started if t.is_alive()], []
         for t in leftovers:
-            t.trainer._stop = True
+            t.trainer.request_stop()
         for t in leftovers:
             t.join(timeout)
         return [t for t in leftovers if t.is_alive()]
@@ -78,6 +78,6 @@ class TrainerThread(threading.Thread):
             self.error = exc
 
     def stop(self, timeout: float = 120.0) -> None:
-        self.trainer._stop = True
+        self.trainer.request_stop()
         self.join(timeout)
         assert not self.is_alive(), "the trainer did not stop"
