@@ -27,10 +27,14 @@ def small_config(**overrides: Any) -> C.Config:
 
 
 def records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics records so far. Tests poll this while the trainer writes: a record longer
+    than what one buffered write puts out can be caught half written, so a last line without its
+    newline is not a record yet (it is read whole on a later call)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    whole = path.read_text().split("\n")[:-1]  # the piece after the last newline is unfinished
+    return [json.loads(line) for line in whole if line.strip()]
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 120.0,
