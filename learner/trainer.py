@@ -75,6 +75,26 @@ def has_records(run_dir: Path) -> bool:
     return metrics.is_file() and metrics.stat().st_size > 0
 
 
+def parse_records(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The metrics records in `lines` (one JSON object per line), and the 1-based numbers of the
+    lines that are not one (a partial line left by a crash mid-write). Blank lines are skipped."""
+    records: list[dict[str, Any]] = []
+    unreadable: list[int] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            unreadable.append(n)
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int):
+            records.append(rec)
+        else:
+            unreadable.append(n)
+    return records, unreadable
+
+
 def refuse_existing_run(run_dir: Path) -> None:
     """Raise FileExistsError if `run_dir` already holds a run (checkpoints or metrics).
 
@@ -226,13 +246,19 @@ class Trainer:
         if not self.metrics_path.exists():
             return None
         lines = self.metrics_path.read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["iteration"] <= iteration]
+        records, unreadable = parse_records(lines)
+        if unreadable:
+            # A crash (SIGKILL, power loss, a full disk) mid-write leaves a partial last line; the
+            # update it described is redone by this resume, so the line is dropped, not fatal.
+            log.warning("dropped %d unreadable metrics line(s) (line %s) from %s", len(unreadable),
+                        ", ".join(str(n) for n in unreadable), self.metrics_path)
+        kept = [r for r in records if r["iteration"] <= iteration]
         if len(kept) != len(lines):
             tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.metrics_path)
-            log.info("dropped %d metrics records past the checkpoint", len(lines) - len(kept))
-        return json.loads(kept[-1]) if kept else None
+            log.info("dropped %d metrics records past the checkpoint", len(records) - len(kept))
+        return kept[-1] if kept else None
 
     # -- actors -------------------------------------------------------------------------
     def _spawn_workers(self) -> ActorPool:

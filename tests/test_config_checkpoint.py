@@ -145,6 +145,35 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, capsys) -
     Trainer(cfg, started)
 
 
+def test_resume_drops_a_metrics_line_a_crash_left_half_written(tmp_path: Path, caplog) -> None:
+    """A learner killed while appending a record leaves a partial last line; the resume drops it
+    (and the records past the checkpoint) instead of failing to parse it, says so, and the file
+    it leaves ends in a newline so the next record starts a line of its own."""
+    import json
+
+    from learner.trainer import Trainer
+
+    cfg = C.load(Path(__file__).parents[1] / "configs" / "pendulum.yaml", {"train.video": False})
+    run = tmp_path / "run"
+    first = Trainer(cfg, run)
+    first.counters.iteration = 3
+    first.save_checkpoint()
+    recs = [{"iteration": i, "env_steps": 256 * i, "episode_return_mean": -1000.0 + i} for i in (1, 2, 3, 4)]
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"iteration": 5, "env_st')
+    with caplog.at_level("WARNING", logger="stride"):
+        resumed = Trainer(cfg, run, resume=True)
+    assert resumed.counters.iteration == 3
+    assert resumed.last_record == recs[2]
+    assert metrics.read_text() == "".join(json.dumps(r) + "\n" for r in recs[:3])
+    assert "dropped 1 unreadable metrics line(s) (line 5)" in caplog.text
+    # The partial line may also be the checkpointed update's own record: the records before it stay.
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in recs[:2]) + '{"itera')
+    again = Trainer(cfg, run, resume=True)
+    assert again.last_record == recs[1]
+    assert metrics.read_text() == "".join(json.dumps(r) + "\n" for r in recs[:2])
+
+
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
     from services import cli
 
