@@ -75,9 +75,10 @@ def has_records(run_dir: Path) -> bool:
     return metrics.is_file() and metrics.stat().st_size > 0
 
 
-def parse_records(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
-    """The metrics records in `lines` (one JSON object per line), and the 1-based numbers of the
-    lines that are not one (a partial line left by a crash mid-write). Blank lines are skipped."""
+def parse_jsonl(lines: list[str], required: str = "") -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON objects in `lines` (one per line: metrics.jsonl, eval_curve.jsonl), and the
+    1-based numbers of the lines that are not one, or lack the `required` key: a partial line
+    left by a crash mid-write. Blank lines are skipped."""
     records: list[dict[str, Any]] = []
     unreadable: list[int] = []
     for n, line in enumerate(lines, 1):
@@ -88,7 +89,7 @@ def parse_records(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
         except json.JSONDecodeError:
             unreadable.append(n)
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int):
+        if isinstance(rec, dict) and (not required or required in rec):
             records.append(rec)
         else:
             unreadable.append(n)
@@ -246,7 +247,7 @@ class Trainer:
         if not self.metrics_path.exists():
             return None
         lines = self.metrics_path.read_text().splitlines()
-        records, unreadable = parse_records(lines)
+        records, unreadable = parse_jsonl(lines, required="iteration")
         if unreadable:
             # A crash (SIGKILL, power loss, a full disk) mid-write leaves a partial last line; the
             # update it described is redone by this resume, so the line is dropped, not fatal.

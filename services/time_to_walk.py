@@ -149,8 +149,14 @@ def _json(value: Any, indent: int | None = None) -> str:
 def read_eval_curve(path: Path) -> list[EvalPoint]:
     """The evaluations in an eval_curve.jsonl, one JSON object per line. Lines written before a
     field existed (ended_by and tilted came in session 27) load with that field's default, so an
-    older experiment can still be resumed."""
-    return [EvalPoint(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    older experiment can still be resumed. A line a crash left half written is dropped, logged."""
+    from learner.trainer import parse_jsonl
+
+    points, unreadable = parse_jsonl(path.read_text().splitlines(), required="env_steps")
+    if unreadable:
+        log.warning("dropped %d unreadable line(s) (line %s) from %s", len(unreadable),
+                    ", ".join(str(n) for n in unreadable), path)
+    return [EvalPoint(**p) for p in points]
 
 
 def _resume_clock(run_dir: Path, trainer: Trainer) -> tuple[float, list[EvalPoint]]:

@@ -265,3 +265,6 @@ def test_an_older_eval_curve_still_loads(tmp_path: Path) -> None:
     assert second.ended_by == {"tilt": 15, "fell": 5} and second.tilted == {"forward": 9, "sideways": 6}
     rewritten = [json.loads(_json(asdict(p))) for p in (first, second)]
     assert rewritten == [{**old, "ended_by": {}, "tilted": {}}, new]
+    # A crash while the next evaluation was appended: its partial line is dropped, not fatal.
+    path.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n" + json.dumps(new)[:40])
+    assert read_eval_curve(path) == [first, second]
