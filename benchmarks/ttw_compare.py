@@ -1,0 +1,129 @@
+"""Compare `stride bench time-to-walk` runs at equal env steps, not on the clock.
+
+    python benchmarks/ttw_compare.py RUN_DIR [RUN_DIR ...] [--marks 5,10,20,30] [--window 0.5]
+
+The wall clock of an hour-capped run depends on the day's machine speed (this 2-core machine
+has sampled anywhere from 8k to 18k env steps/s with the same command), so a setting is judged
+by what it had learned after the same number of env steps. Printed per run folder:
+- a summary: reached or not, minutes, env steps, median env steps/s, the final evaluation;
+- the evaluation return at each mark (millions of env steps): the last periodic evaluation made
+  at or before it (eval_curve.jsonl; "-" if none yet), and the training return and policy
+  entropy averaged over the iterations in the `--window` million steps before it (metrics.jsonl);
+- the second half's update diagnostics (median approx KL, clip fraction, seconds per update)
+  and memory (learner RSS and the largest actor's, first and last record).
+A line a crash left half written is skipped, as a resume skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learner.trainer import parse_jsonl  # noqa: E402
+from services.time_to_walk import EvalPoint, read_eval_curve  # noqa: E402
+
+
+def load(run_dir: Path) -> tuple[list[dict[str, Any]], list[EvalPoint], dict[str, Any] | None]:
+    """metrics.jsonl records, eval_curve.jsonl points and time_to_walk.json (None while running)."""
+    records, _ = parse_jsonl((run_dir / "metrics.jsonl").read_text().splitlines(), required="iteration")
+    curve_path = run_dir / "eval_curve.jsonl"
+    curve = read_eval_curve(curve_path) if curve_path.exists() else []
+    result_path = run_dir / "time_to_walk.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else None
+    return records, curve, result
+
+
+def eval_at(curve: list[EvalPoint], steps: float) -> EvalPoint | None:
+    """The last evaluation made at or before `steps` env steps."""
+    before = [p for p in curve if p.env_steps <= steps]
+    return before[-1] if before else None
+
+
+def window_mean(records: list[dict[str, Any]], key: str, steps: float, window: float) -> float | None:
+    """Mean of `key` over the records of the `window` env steps up to `steps` (None if none)."""
+    vals = [r[key] for r in records if steps - window < r["env_steps"] <= steps and r.get(key) is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def summary_row(name: str, records: list[dict[str, Any]], curve: list[EvalPoint],
+                result: dict[str, Any] | None) -> list[str]:
+    last = records[-1]
+    minutes = (result["wall_seconds"] if result else (curve[-1].wall_seconds if curve else 0.0)) / 60
+    if result:
+        final = f"{result['eval_return']:.1f} +- {result['eval_return_std']:.1f}"
+        status = "reached" if result["reached"] else "not reached"
+    else:
+        final = f"{curve[-1].eval_return:.1f} (last periodic)" if curve else "-"
+        status = "running or stopped"
+    rate = statistics.median(r["env_steps_per_s"] for r in records)
+    return [name, status, f"{minutes:.1f}", f"{last['env_steps'] / 1e6:.1f}", f"{rate:,.0f}", final]
+
+
+def diagnostics_row(name: str, records: list[dict[str, Any]]) -> list[str]:
+    half = records[len(records) // 2:]
+    first, last = records[0], records[-1]
+
+    def mb(r: dict[str, Any], key: str) -> str:
+        return f"{r[key] / 1e6:.0f}" if r.get(key) else "-"
+
+    return [name, f"{statistics.median(r['approx_kl'] for r in half):.3f}",
+            f"{statistics.median(r['clipfrac'] for r in half):.2f}",
+            f"{statistics.median(r['time_update'] for r in half):.3f}",
+            f"{mb(first, 'learner_rss_bytes')} -> {mb(last, 'learner_rss_bytes')}",
+            f"{mb(first, 'actor_rss_bytes_max')} -> {mb(last, 'actor_rss_bytes_max')}"]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="time-to-walk run folders")
+    parser.add_argument("--marks", default="5,10,15,20,25,30", help="millions of env steps, comma-separated")
+    parser.add_argument("--window", type=float, default=0.5, help="millions of env steps averaged before each mark")
+    args = parser.parse_args(argv)
+    try:
+        marks = [float(m) * 1e6 for m in args.marks.split(",")]
+    except ValueError:
+        parser.error(f"--marks must be numbers separated by commas, got {args.marks!r}")
+    loaded = []
+    for run in args.runs:
+        if not (run / "metrics.jsonl").is_file():
+            parser.error(f"{run} has no metrics.jsonl: not a run folder")
+        loaded.append((run.name, *load(run)))
+    loaded = [x for x in loaded if x[1]]  # a folder whose run wrote no record yet has nothing to compare
+    window = args.window * 1e6
+    print(table(["run", "result", "minutes", "env steps (M)", "median env steps/s", "final eval (20 ep.)"],
+                [summary_row(n, recs, curve, res) for n, recs, curve, res in loaded]))
+    print()
+    head = [f"{m / 1e6:g} M" for m in marks]
+    rows = []
+    for name, recs, curve, _ in loaded:
+        evals = [eval_at(curve, m) for m in marks]
+        rows.append([f"{name}: eval", *[fmt(p.eval_return if p else None) for p in evals]])
+        rows.append([f"{name}: training return", *[fmt(window_mean(recs, "episode_return_mean", m, window))
+                                                    for m in marks]])
+        rows.append([f"{name}: entropy", *[fmt(window_mean(recs, "entropy", m, window), 2) for m in marks]])
+    print(table(["run, at env steps", *head], rows))
+    print()
+    print(table(["run", "KL median (2nd half)", "clip fraction", "s per update", "learner RSS MB", "largest actor MB"],
+                [diagnostics_row(n, recs) for n, recs, _, _ in loaded]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

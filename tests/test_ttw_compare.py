@@ -1,0 +1,61 @@
+"""benchmarks/ttw_compare.py: time-to-walk runs read at equal env steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "ttw_compare", Path(__file__).resolve().parents[1] / "benchmarks" / "ttw_compare.py")
+ttw = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ttw)
+
+
+def _record(i: int, steps: int, ret: float, entropy: float) -> dict:
+    return {"iteration": i, "env_steps": steps, "episode_return_mean": ret, "entropy": entropy,
+            "env_steps_per_s": 10_000.0 + i, "approx_kl": 0.01 * i, "clipfrac": 0.1 * i, "time_update": 0.05,
+            "learner_rss_bytes": 400e6 + i * 1e6, "actor_rss_bytes_max": 300e6}
+
+
+def _point(minutes: float, steps: int, ret: float) -> dict:
+    return {"wall_seconds": 60.0 * minutes, "env_steps": steps, "train_return": ret - 5, "eval_return": ret,
+            "eval_return_std": 3.0, "eval_length": 40.0, "eval_forward_distance_m": 1.5}
+
+
+def _run(tmp_path: Path) -> Path:
+    run = tmp_path / "s9_demo"
+    run.mkdir()
+    # Records every 0.4 M steps; the last line is half written, as a crash mid-append leaves it.
+    recs = [_record(i, 400_000 * i, 10.0 * i, -0.5 * i) for i in range(1, 6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"iteration": 6, "env')
+    points = [_point(5, 700_000, 50.0), _point(10, 1_500_000, 80.0)]
+    (run / "eval_curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    return run
+
+
+def test_marks_read_the_last_evaluation_and_the_window_before_them(tmp_path: Path) -> None:
+    records, curve, result = ttw.load(_run(tmp_path))
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5] and result is None
+    assert ttw.eval_at(curve, 500_000) is None  # no evaluation yet
+    assert ttw.eval_at(curve, 700_000).eval_return == 50.0  # made exactly at the mark
+    assert ttw.eval_at(curve, 1_400_000).eval_return == 50.0
+    assert ttw.eval_at(curve, 9e9).eval_return == 80.0
+    # Window (1.2 M, 2.0 M]: records at 1.6 M and 2.0 M (returns 40 and 50); 1.2 M is outside.
+    assert ttw.window_mean(records, "episode_return_mean", 2_000_000, 800_000) == pytest.approx(45.0)
+    assert ttw.window_mean(records, "entropy", 2_000_000, 800_000) == pytest.approx(-2.25)
+    assert ttw.window_mean(records, "entropy", 100_000, 800_000) is None
+
+
+def test_main_prints_the_three_tables(tmp_path: Path, capsys) -> None:
+    run = _run(tmp_path)
+    assert ttw.main([str(run), "--marks", "1,2", "--window", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "| s9_demo | running or stopped | 10.0 | 2.0 | 10,003 | 80.0 (last periodic) |" in out
+    assert "| s9_demo: eval | 50.0 | 80.0 |" in out
+    assert "| s9_demo: training return | 15.0 | 45.0 |" in out  # at 1 M: the records at 0.4 and 0.8 M
+    assert "| s9_demo | 0.040 | 0.40 | 0.050 | 401 -> 405 | 300 -> 300 |" in out  # second half: records 3-5
+    with pytest.raises(SystemExit):
+        ttw.main([str(tmp_path / "nothing")])
