@@ -26,13 +26,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.trainer import parse_jsonl  # noqa: E402
+from learner.trainer import read_jsonl  # noqa: E402
 from services.time_to_walk import EvalPoint, read_eval_curve  # noqa: E402
 
 
 def load(run_dir: Path) -> tuple[list[dict[str, Any]], list[EvalPoint], dict[str, Any] | None]:
     """metrics.jsonl records, eval_curve.jsonl points and time_to_walk.json (None while running)."""
-    records, _ = parse_jsonl((run_dir / "metrics.jsonl").read_text().splitlines(), required="iteration")
+    records, _ = read_jsonl(run_dir / "metrics.jsonl", required="iteration")
     curve_path = run_dir / "eval_curve.jsonl"
     curve = read_eval_curve(curve_path) if curve_path.exists() else []
     result_path = run_dir / "time_to_walk.json"

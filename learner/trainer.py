@@ -75,25 +75,28 @@ def has_records(run_dir: Path) -> bool:
     return metrics.is_file() and metrics.stat().st_size > 0
 
 
-def parse_jsonl(lines: list[str], required: str = "") -> tuple[list[dict[str, Any]], list[int]]:
-    """The JSON objects in `lines` (one per line: metrics.jsonl, eval_curve.jsonl), and the
-    1-based numbers of the lines that are not one, or lack the `required` key: a partial line
-    left by a crash mid-write. Blank lines are skipped."""
+def read_jsonl(path: Path, required: str = "") -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects in the JSON-lines file `path` (metrics.jsonl, eval_curve.jsonl), and how
+    many lines were dropped, with a warning naming them: lines that are not a JSON object or
+    lack the `required` key, i.e. a partial line left by a crash mid-write. Blank lines are
+    skipped."""
     records: list[dict[str, Any]] = []
-    unreadable: list[int] = []
-    for n, line in enumerate(lines, 1):
+    dropped: list[int] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            unreadable.append(n)
-            continue
+            rec = None
         if isinstance(rec, dict) and (not required or required in rec):
             records.append(rec)
         else:
-            unreadable.append(n)
-    return records, unreadable
+            dropped.append(n)
+    if dropped:
+        log.warning("dropped %d unreadable line(s) (line %s) from %s", len(dropped),
+                    ", ".join(str(n) for n in dropped), path)
+    return records, len(dropped)
 
 
 def refuse_existing_run(run_dir: Path) -> None:
@@ -246,15 +249,11 @@ class Trainer:
         redoes those iterations. Rewritten atomically. Returns the last record kept, if any."""
         if not self.metrics_path.exists():
             return None
-        lines = self.metrics_path.read_text().splitlines()
-        records, unreadable = parse_jsonl(lines, required="iteration")
-        if unreadable:
-            # A crash (SIGKILL, power loss, a full disk) mid-write leaves a partial last line; the
-            # update it described is redone by this resume, so the line is dropped, not fatal.
-            log.warning("dropped %d unreadable metrics line(s) (line %s) from %s", len(unreadable),
-                        ", ".join(str(n) for n in unreadable), self.metrics_path)
+        # A crash mid-write (SIGKILL, a full disk) leaves a partial last line. Records are written
+        # before their checkpoint, so its update is one this resume redoes: dropped, not fatal.
+        records, dropped = read_jsonl(self.metrics_path, required="iteration")
         kept = [r for r in records if r["iteration"] <= iteration]
-        if len(kept) != len(lines):
+        if dropped or len(kept) != len(records):
             tmp = self.metrics_path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.metrics_path)

@@ -150,12 +150,9 @@ def read_eval_curve(path: Path) -> list[EvalPoint]:
     """The evaluations in an eval_curve.jsonl, one JSON object per line. Lines written before a
     field existed (ended_by and tilted came in session 27) load with that field's default, so an
     older experiment can still be resumed. A line a crash left half written is dropped, logged."""
-    from learner.trainer import parse_jsonl
+    from learner.trainer import read_jsonl
 
-    points, unreadable = parse_jsonl(path.read_text().splitlines(), required="env_steps")
-    if unreadable:
-        log.warning("dropped %d unreadable line(s) (line %s) from %s", len(unreadable),
-                    ", ".join(str(n) for n in unreadable), path)
+    points, _ = read_jsonl(path, required="env_steps")
     return [EvalPoint(**p) for p in points]
 
 
