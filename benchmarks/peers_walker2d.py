@@ -15,7 +15,13 @@ to use. Reported per system:
   start-up, actor / env-runner creation, env and model construction, excluded for every system);
 - the return reached: the mean undiscounted return of the last 20 training episodes that
   finished before the budget ran out (raw env reward, whatever normalisation the system
-  trains with).
+  trains with);
+- the evaluation return: the trained policy's mean undiscounted return over 20 episodes on
+  the same seeds (10000-10019) for every system, the mean action (no exploration noise),
+  clipped to the action space, on observations normalised with the statistics training ended
+  with. Training episodes from Stride's 16 parallel envs and from the peers' single env are
+  not sampled alike (of many envs' episodes, the last 20 to finish lean towards short ones),
+  so this is the like-for-like figure; RLlib's is not taken ("-").
 With --curve-csv, each run's learning curve goes to a CSV too: the same figure (mean of the last
 20 training episodes finished so far) every --curve-every env steps, one row per system, seed
 and point. RLlib reports only its own windowed mean per iteration, so its points are that mean.
@@ -39,10 +45,37 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "Walker2d-v5"
+EVAL_EPISODES = 20
+EVAL_SEED = 10_000
+
+
+def eval_return(act: Callable[[np.ndarray], np.ndarray], episodes: int = EVAL_EPISODES,
+                seed: int = EVAL_SEED) -> float:
+    """Mean undiscounted return of `act` (raw observation -> action) over `episodes` episodes of
+    ENV seeded seed, seed + 1, ...; actions are clipped to the action space, as every system's
+    training clips them."""
+    import gymnasium as gym
+
+    env = gym.make(ENV)
+    low, high = env.action_space.low, env.action_space.high
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        total, done = 0.0, False
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(np.clip(act(np.asarray(obs, dtype=np.float32)), low, high))
+            total += float(r)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return statistics.mean(returns)
 
 
 def run_stride(budget: int, seed: int, config: str) -> dict:
@@ -54,6 +87,9 @@ def run_stride(budget: int, seed: int, config: str) -> dict:
                                 "train.checkpoint_every": 10**9, "train.seed": seed})
     C.validate(cfg)
     Trainer(cfg, run_dir, progress_stream=open(os.devnull, "w")).run()
+    from learner.evaluate import load_policy
+
+    policy = load_policy(run_dir)[0]  # the checkpoint written at the end
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # Training time: every iteration, first fragment to last update (Ray start-up and actor
     # creation excluded, as RLlib's build_algo and the others' env/model construction are).
@@ -65,7 +101,8 @@ def run_stride(budget: int, seed: int, config: str) -> dict:
             returns = [r["episode_return_mean"]] * r["episodes"] + returns
         if len(returns) >= 20:
             break
-    return {"steps": recs[-1]["env_steps"], "seconds": seconds, "last_returns": returns[-20:], "episodes": episodes}
+    return {"steps": recs[-1]["env_steps"], "seconds": seconds, "last_returns": returns[-20:], "episodes": episodes,
+            "eval_return": eval_return(lambda o: policy.mean(o[None])[0])}
 
 
 def run_sb3(budget: int, seed: int, config: str) -> dict:
@@ -88,7 +125,8 @@ def run_sb3(budget: int, seed: int, config: str) -> dict:
     model.learn(total_timesteps=budget, callback=EpisodeLog())
     seconds = time.perf_counter() - start
     return {"steps": int(model.num_timesteps), "seconds": seconds,
-            "last_returns": [float(e["r"]) for e in list(model.ep_info_buffer)[-20:]], "episodes": episodes}
+            "last_returns": [float(e["r"]) for e in list(model.ep_info_buffer)[-20:]], "episodes": episodes,
+            "eval_return": eval_return(lambda o: model.predict(env.normalize_obs(o), deterministic=True)[0])}
 
 
 def run_rllib(budget: int, seed: int, config: str) -> dict:
@@ -124,7 +162,8 @@ def run_cleanrl(budget: int, seed: int, config: str) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
     from cleanrl_style_ppo import train
 
-    return train(ENV, budget, seed)
+    result, act = train(ENV, budget, seed)
+    return {**result, "eval_return": eval_return(act)}
 
 
 RUNNERS = {"stride": run_stride, "sb3": run_sb3, "rllib": run_rllib, "cleanrl": run_cleanrl}
@@ -174,7 +213,8 @@ def main() -> None:
     curve_rows: list[tuple[str, int, int, float]] = []
     print(f"{ENV}, budget {args.budget:,} env steps; {platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print(f"{'system':<8} {'seed':>5} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20}")
+    print(f"{'system':<8} {'seed':>5} {'env steps':>10} {'seconds':>8} {'env steps/s':>12} {'return (last 20 ep)':>20} "
+          f"{'eval (20 ep)':>13}")
     for seed in seeds:
         for name in names:
             python = args.rllib_python if name == "rllib" else sys.executable
@@ -188,11 +228,12 @@ def main() -> None:
             r = json.loads(line[len("RESULT "):])
             rets = r["last_returns"]
             row = (name, seed, r["steps"], r["seconds"], r["steps"] / r["seconds"],
-                   sum(rets) / len(rets) if rets else float("nan"))
+                   sum(rets) / len(rets) if rets else float("nan"), r.get("eval_return", float("nan")))
             rows.append(row)
             curve_rows += [(name, seed, step, ret) for step, ret in
                            learning_curve(r.get("episodes", []), args.curve_every, args.budget)]
-            print(f"{name:<8} {seed:>5} {row[2]:>10,} {row[3]:>8.1f} {row[4]:>12,.0f} {row[5]:>20.1f}", flush=True)
+            print(f"{name:<8} {seed:>5} {row[2]:>10,} {row[3]:>8.1f} {row[4]:>12,.0f} {row[5]:>20.1f} {row[6]:>13.1f}",
+                  flush=True)
     if args.curve_csv:
         with open(args.curve_csv, "w", newline="") as f:
             writer = csv.writer(f)
@@ -200,15 +241,16 @@ def main() -> None:
             writer.writerows((n, s, st, f"{ret:.1f}") for n, s, st, ret in curve_rows)
         print(f"learning curves: {args.curve_csv}")
     print(f"\nover {len(seeds)} seed(s): mean +- standard deviation")
-    print(f"{'system':<8} {'runs':>5} {'env steps/s':>18} {'return (last 20 ep)':>24}")
+    print(f"{'system':<8} {'runs':>5} {'env steps/s':>18} {'return (last 20 ep)':>24} {'eval (20 ep)':>18}")
     summary = {}
     for name in names:
         sel = [r for r in rows if r[0] == name]
         if not sel:
             continue
-        rate, ret = (_mean_std([r[k] for r in sel]) for k in (4, 5))  # (mean, sample std)
+        rate, ret, ev = (_mean_std([r[k] for r in sel]) for k in (4, 5, 6))  # (mean, sample std)
         summary[name] = rate[0]
-        print(f"{name:<8} {len(sel):>5} {rate[0]:>10,.0f} +- {rate[1]:>4,.0f} {ret[0]:>14.1f} +- {ret[1]:>6.1f}")
+        print(f"{name:<8} {len(sel):>5} {rate[0]:>10,.0f} +- {rate[1]:>4,.0f} {ret[0]:>14.1f} +- {ret[1]:>6.1f} "
+              f"{ev[0]:>8.1f} +- {ev[1]:>6.1f}")
     peers = {k: v for k, v in summary.items() if k != "stride"}
     if "stride" in summary and peers:
         fastest = max(peers, key=peers.__getitem__)

@@ -7,6 +7,8 @@ observation and reward normalisation through Gymnasium wrappers, 64x64 tanh netw
 
     python benchmarks/peers/cleanrl_style_ppo.py --env Walker2d-v5 --total-steps 100000
 prints one JSON line: {"steps": ..., "seconds": ..., "last_returns": [...]}.
+`train` also returns the trained policy as a function of a raw observation (deterministic: the
+mean action, on observations normalised with the statistics training ended with).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -57,7 +60,7 @@ def make_env(env_id: str, gamma: float) -> gym.vector.VectorEnv:
     return gym.vector.SyncVectorEnv([thunk], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 
-def train(env_id: str, total_steps: int, seed: int = 1) -> dict:
+def train(env_id: str, total_steps: int, seed: int = 1) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     num_steps, epochs, minibatches = 2048, 10, 32
     gamma, lam, clip, lr, max_grad = 0.99, 0.95, 0.2, 3e-4, 0.5
     torch.manual_seed(seed)
@@ -122,8 +125,17 @@ def train(env_id: str, total_steps: int, seed: int = 1) -> dict:
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), max_grad)
                 opt.step()
-    return {"steps": steps, "seconds": time.perf_counter() - start, "last_returns": returns_seen[-20:],
-            "episodes": episodes}
+    result = {"steps": steps, "seconds": time.perf_counter() - start, "last_returns": returns_seen[-20:],
+              "episodes": episodes}
+    rms = envs.envs[0].get_wrapper_attr("obs_rms")  # NormalizeObservation's running statistics
+    mean, std = rms.mean.astype(np.float32), np.sqrt(rms.var + 1e-8).astype(np.float32)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.clip((obs - mean) / std, -10, 10), dtype=torch.float32)[None]
+        with torch.no_grad():
+            return agent.actor(x)[0].numpy()
+
+    return result, act
 
 
 if __name__ == "__main__":
@@ -132,4 +144,4 @@ if __name__ == "__main__":
     p.add_argument("--total-steps", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
-    print(json.dumps(train(a.env, a.total_steps, a.seed)))
+    print(json.dumps(train(a.env, a.total_steps, a.seed)[0]))
