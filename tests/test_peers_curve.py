@@ -35,3 +35,20 @@ def test_an_entry_with_a_count_stands_for_that_many_episodes() -> None:
 def test_points_before_the_first_episode_are_left_out() -> None:
     assert peers.learning_curve([[25, 7.0, 1]], every=10, budget=40) == [(30, 7.0), (40, 7.0)]
     assert peers.learning_curve([], every=10, budget=40) == []
+
+
+def test_eval_return_clips_actions_and_is_seeded() -> None:
+    """Every system is scored by the same seeded episodes, its actions clipped to the box: a policy
+    asking for 50x the torque limit scores what the limit itself scores."""
+    import numpy as np
+
+    def full(o: np.ndarray) -> np.ndarray:
+        return np.ones(6, dtype=np.float32)
+
+    def over(o: np.ndarray) -> np.ndarray:
+        return np.full(6, 50.0, dtype=np.float32)
+
+    limit = peers.eval_return(full, episodes=2)
+    assert peers.eval_return(over, episodes=2) == limit
+    assert peers.eval_return(full, episodes=2) == limit  # same seeds, same episodes
+    assert peers.eval_return(full, episodes=2, seed=1) != limit
