@@ -19,9 +19,11 @@ to use. Reported per system:
 - the evaluation return: the trained policy's mean undiscounted return over 20 episodes on
   the same seeds (10000-10019) for every system, the mean action (no exploration noise),
   clipped to the action space, on observations normalised with the statistics training ended
-  with. Training episodes from Stride's 16 parallel envs and from the peers' single env are
-  not sampled alike (of many envs' episodes, the last 20 to finish lean towards short ones),
-  so this is the like-for-like figure; RLlib's is not taken ("-").
+  with. The training-episode figure depends on each system's exploration noise (SB3 and the
+  CleanRL-style script start at sigma 1) and on how its episodes are sampled (Stride's 16
+  parallel envs against one env); this one does not, so it is the like-for-like figure (on
+  Walker2d at 100k the training figure put Stride closer to SB3 than this one does:
+  docs/benchmarks.md, session 32). RLlib's is not taken ("-").
 With --curve-csv, each run's learning curve goes to a CSV too: the same figure (mean of the last
 20 training episodes finished so far) every --curve-every env steps, one row per system, seed
 and point. RLlib reports only its own windowed mean per iteration, so its points are that mean.
