@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,21 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = No
     )
 
 
+def action_clipper(space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """What an env is handed for a sampled action: the action clipped to the bounds of a Box
+    action space (elementwise, [..., act_dim]); any other space gets the action unchanged.
+
+    The Gaussian's samples leave the box; the trajectory keeps them as sampled (the log-prob is
+    theirs), and only the env sees the clipped copy, as SB3, CleanRL and RLlib do. Without it an
+    env that does not clamp internally is stepped outside its own spec, and one whose reward
+    reads the action it is given (Walker2d's control cost) is charged for torque it never applied.
+    """
+    if not isinstance(space, gym.spaces.Box):
+        return lambda a: a
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return lambda a: np.clip(a, low, high)
+
+
 def _final_obs(infos: dict[str, Any], ended: np.ndarray, obs: np.ndarray) -> np.ndarray:
     """Final observations [B, obs_dim] of the envs flagged in `ended` [B] (zeros elsewhere, and
     where the env gives none)."""
@@ -71,6 +87,7 @@ class Sampler:
 
     def __post_init__(self) -> None:
         self.num_envs = self.envs.num_envs
+        self.clip_action = action_clipper(self.envs.single_action_space)
         self.rng = np.random.default_rng([self.seed, self.worker_id])
         self.policy: NumpyPolicy | None = None
         self.obs = self._reset()
@@ -127,7 +144,7 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
         obs[t] = s.obs
         a, lp = s.policy.act(s.obs, s.rng)
         try:
-            next_obs, r, term, trunc, infos = s.envs.step(a)
+            next_obs, r, term, trunc, infos = s.envs.step(s.clip_action(a))
         except Exception as exc:  # an env blew up: reset, cut the episodes, retry this step
             errors += 1
             log.warning("worker %d: env error at step %d (%s: %s); resetting its envs",

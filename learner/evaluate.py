@@ -15,6 +15,7 @@ import actors.envs  # noqa: F401  (registers the biped)
 from actors.envs import is_biped
 from actors.envs.biped_sim import END_TILT, tilt_direction
 from actors.policy import NumpyPolicy
+from actors.rollout import action_clipper
 from actors.trajectory import Weights
 from learner import checkpoint
 
@@ -51,10 +52,11 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
     cfg = state["config"]["env"]
     env = gym.make(cfg["id"], **cfg["kwargs"])
     rng = np.random.default_rng(seed)
+    clip = action_clipper(env.action_space)
 
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: np.ndarray) -> np.ndarray:  # the env gets what training gave it: the action clipped to its box
         o = np.asarray(obs, dtype=np.float32)[None]
-        return (policy.mean(o) if deterministic else policy.act(o, rng)[0])[0]
+        return clip((policy.mean(o) if deterministic else policy.act(o, rng)[0])[0])
 
     returns, lengths, distances = [], [], []
     ended_by: dict[str, int] = {}
@@ -100,8 +102,9 @@ def write_video(env_id: str, env_kwargs: dict[str, Any], act: Any, path: Path, s
     from actors.envs.video import record_episode
 
     env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+    clip = action_clipper(env.action_space)
     try:
-        return record_episode(env, act, path, seed=seed)
+        return record_episode(env, lambda o: clip(act(o)), path, seed=seed)
     finally:
         env.close()
 

@@ -3,14 +3,20 @@ pendulum's own dynamics replayed from the observation before that step."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import actors.envs  # noqa: F401  (registers stride/Chaos-v0)
 from actors.policy import ActorCritic
 from actors.rollout import Sampler, make_envs
 from actors.trajectory import Trajectory
+from learner import checkpoint
+from learner.evaluate import evaluate
+from tests.custom_env import ECHO_ID
 
 
 def _pendulum_step(obs: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -126,3 +132,25 @@ def test_each_finished_biped_episode_says_why_it_ended() -> None:
     assert len(reasons) == len(frag.episodes.returns) == int(frag.terminated.sum() + frag.truncated.sum()) > 0
     assert set(reasons) <= {"fell", "lateral", "tilt", "physics_diverged"}  # 120 steps: no time limit yet
     assert frag.episodes.reasons() == reasons
+
+
+def test_the_env_gets_the_action_clipped_to_its_box_and_the_fragment_keeps_the_sample() -> None:
+    # sigma = e^1.5 ~ 4.5: most samples leave [-1, 1]. The env pays the action it received.
+    sampler = Sampler(make_envs(f"tests.custom_env:{ECHO_ID}", 4), worker_id=0, seed=0)
+    sampler.set_weights(ActorCritic(3, 1, init_log_std=1.5).weights(0))
+    frag = sampler.collect(60)
+    sampled = frag.actions[..., 0]
+    assert (np.abs(sampled) > 1).mean() > 0.5  # stored as sampled: their log-probs are of these
+    np.testing.assert_array_equal(frag.rewards, np.clip(sampled, -1.0, 1.0))
+
+
+def test_stride_eval_hands_the_env_the_mean_action_clipped_to_its_box(tmp_path: Path) -> None:
+    model = ActorCritic(3, 1)
+    with torch.no_grad():
+        model.pi[-1].bias.fill_(3.0)  # the mean action is 3 (the weights are ~0.01): outside [-1, 1]
+    state = {"learner": {"version": 7}, "model": model.state_dict(), "counters": {"env_steps": 0},
+             "config": {"env": {"id": f"tests.custom_env:{ECHO_ID}", "kwargs": {}}}}
+    checkpoint.save(tmp_path / "checkpoints", 1, state)
+    result = evaluate(tmp_path, episodes=2)
+    assert result.mean_length == 50  # the time limit
+    assert result.mean_return == pytest.approx(50.0)  # paid 1 a step, not 3
