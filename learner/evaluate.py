@@ -54,9 +54,9 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
     rng = np.random.default_rng(seed)
     clip = action_clipper(env.action_space)
 
-    def act(obs: np.ndarray) -> np.ndarray:  # the env gets what training gave it: the action clipped to its box
+    def act(obs: np.ndarray) -> np.ndarray:
         o = np.asarray(obs, dtype=np.float32)[None]
-        return clip((policy.mean(o) if deterministic else policy.act(o, rng)[0])[0])
+        return (policy.mean(o) if deterministic else policy.act(o, rng)[0])[0]
 
     returns, lengths, distances = [], [], []
     ended_by: dict[str, int] = {}
@@ -66,7 +66,8 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         x0 = _torso_x(env)
         total, steps, done = 0.0, 0, False
         while not done:
-            obs, r, terminated, truncated, info = env.step(act(obs))
+            # The env gets what training gave it: the action clipped to its box (write_video clips too).
+            obs, r, terminated, truncated, info = env.step(clip(act(obs)))
             total += float(r)
             steps += 1
             done = terminated or truncated
