@@ -81,6 +81,12 @@ class PPOConfig:
     lr, then after each update divide it by 1.5 if the update's approx KL exceeded 2 x
     lr_kl_target, multiply it by 1.5 if the KL stayed under half of it (kept within 1e-6..1e-2,
     checkpointed). (Old configs' `anneal_lr: true/false` still load, as 'linear'/'constant'.)"""
+    lr_decay_steps: int = 0
+    """lr_schedule 'linear': the env steps over which the rate falls to 0, then stays there (0:
+    train.total_steps). A horizon of its own makes the rate at a given step independent of the
+    budget, so runs of different lengths share one schedule (a 100k run of a 1M schedule keeps
+    ~90% of its rate), and it gives `stride bench time-to-walk`, which has no step budget, a
+    linear schedule."""
     lr_kl_target: float = 0.01
     """lr_schedule 'adaptive': the approx KL per update the learning rate is steered towards."""
     clip_coef: float = 0.2
@@ -110,8 +116,10 @@ class PPOConfig:
     """Also divide rewards by the running standard deviation of each env's discounted return (the
     scaling SB3's VecNormalize and Gymnasium's NormalizeReward apply; no mean is subtracted). The
     learner keeps the statistics from the fragments' rewards, per worker and env, and checkpoints
-    them. Off: on Walker2d at 100k steps (where both peers use it) it changed nothing over eight
-    seeds, and the biped's fixed scale works (docs/benchmarks.md)."""
+    them. Off by default (the biped's fixed scale works). configs/walker2d_100k.yaml turns it on
+    with a constant learning rate and one long fragment per actor: the three together lifted
+    Walker2d's evaluation return at 100k steps to SB3's, while on its own it changed nothing
+    measurable (docs/benchmarks.md, session 34)."""
     kl_target: float = 0.01
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
@@ -358,6 +366,7 @@ def validate(cfg: Config) -> None:
     _check(p.lr_kl_target > 0, "ppo.lr_kl_target", f"must be > 0, got {p.lr_kl_target}")
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
     _check(p.ent_decay_steps >= 0, "ppo.ent_decay_steps", f"must be >= 0, got {p.ent_decay_steps}")
+    _check(p.lr_decay_steps >= 0, "ppo.lr_decay_steps", f"must be >= 0, got {p.lr_decay_steps}")
     for name in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm", "kl_target", "kl_beta", "target_kl"):
         _check(getattr(p, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(p, name)}")
     _check(p.max_is_weight == 0 or p.max_is_weight >= 1, "ppo.max_is_weight",

@@ -151,7 +151,7 @@ class Learner:
             return p.lr
         if p.lr_schedule == "adaptive":
             return self.adaptive_lr
-        return p.lr * max(0.0, 1.0 - env_steps / self.cfg.train.total_steps)
+        return p.lr * max(0.0, 1.0 - env_steps / (p.lr_decay_steps or self.cfg.train.total_steps))
 
     def reward_multiplier(self, fragments: list[Trajectory]) -> float:
         """What rewards are multiplied by before GAE: reward_scale, and with reward_norm also

@@ -192,15 +192,15 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
     the learning rate is kept constant, since a linear schedule has no horizon to anneal over.
     (On the biped, annealing to 0 within the hour cost more than half the progress: see
     docs/benchmarks.md, session 9.) A linear schedule asked for explicitly without a step
-    budget is refused, naming the field.
+    budget is refused, naming the field, unless ppo.lr_decay_steps gives it a horizon.
     """
     given = {**(C.read_file(config_path) if config_path is not None else {}), **overrides}
     if "train.total_steps" in given:
         return {}
     if "ppo.lr_schedule" in given:
-        if str(given["ppo.lr_schedule"]) == "linear":
+        if str(given["ppo.lr_schedule"]) == "linear" and not int(given.get("ppo.lr_decay_steps", 0)):
             raise C.ConfigError("ppo.lr_schedule: 'linear' anneals over train.total_steps; give "
-                                "train.total_steps (--set train.total_steps=N) or use 'constant'")
+                                "train.total_steps or ppo.lr_decay_steps (--set ...=N), or use 'constant'")
         return {"train.total_steps": C.NO_STEP_LIMIT}
     log.info("no train.total_steps given: time-bounded (--max-seconds), constant learning rate")
     return {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}

@@ -17,6 +17,15 @@ from learner import config as C
 from services.cli import main as cli_main
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path: Path) -> None:
+    """A config file in configs/ that no longer loads, or fails validation, breaks a README or
+    benchmark command: each one is loaded and validated as `stride train --config` would."""
+    cfg = C.load(path, {})
+    C.validate(cfg)
+    assert cfg.env.id
+
+
 def test_defaults_validate_and_every_field_has_a_docstring() -> None:
     C.validate(C.Config())
     source = Path(C.__file__).read_text()

@@ -322,6 +322,25 @@ def test_learner_lowers_the_entropy_bonus_with_env_steps() -> None:
     assert used == pytest.approx([0.02, 0.015, 0.005, 0.0, 0.0])
 
 
+def test_linear_learning_rate_anneals_over_lr_decay_steps_else_the_budget() -> None:
+    """lr x max(0, 1 - steps / horizon) with the horizon ppo.lr_decay_steps when set (here 1,000
+    steps of a 100-step budget) and train.total_steps otherwise, worked out by hand; the rate
+    the update reports is the one for the env steps it is given."""
+    from learner import config as C
+    from learner.learner import Learner
+
+    base = {"env.id": "Pendulum-v1", "ppo.lr": 3e-4, "train.total_steps": 100}
+    horizon = Learner(C.load(None, {**base, "ppo.lr_decay_steps": 1000}), obs_dim=3, act_dim=1, device="cpu")
+    assert [horizon.learning_rate(s) for s in (0, 100, 250, 1000, 4000)] == pytest.approx(
+        [3e-4, 2.7e-4, 2.25e-4, 0.0, 0.0])
+    budget = Learner(C.load(None, base), obs_dim=3, act_dim=1, device="cpu")
+    assert [budget.learning_rate(s) for s in (0, 25, 100)] == pytest.approx([3e-4, 2.25e-4, 0.0])
+    rng = np.random.default_rng(7)
+    assert horizon.update([_random_fragment(rng, 1, 0)], env_steps=500)["lr"] == pytest.approx(1.5e-4)
+    with pytest.raises(C.ConfigError, match="^ppo.lr_decay_steps"):
+        C.validate(C.load(None, {**base, "ppo.lr_decay_steps": -1}))
+
+
 def test_adaptive_learning_rate_rule() -> None:
     """lr / 1.5 above 2x the KL target, x 1.5 below half of it, unchanged inside the band and on
     its edges, and held within LR_BOUNDS."""
