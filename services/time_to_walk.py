@@ -198,7 +198,9 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
     if "train.total_steps" in given:
         return {}
     if "ppo.lr_schedule" in given:
-        if str(given["ppo.lr_schedule"]) == "linear" and not int(given.get("ppo.lr_decay_steps", 0)):
+        # a horizon that is not a number is left for C.load to refuse, naming its field
+        horizon = str(given.get("ppo.lr_decay_steps", 0)).strip()
+        if str(given["ppo.lr_schedule"]) == "linear" and horizon in ("0", ""):
             raise C.ConfigError("ppo.lr_schedule: 'linear' anneals over train.total_steps; give "
                                 "train.total_steps or ppo.lr_decay_steps (--set ...=N), or use 'constant'")
         return {"train.total_steps": C.NO_STEP_LIMIT}

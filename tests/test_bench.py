@@ -124,6 +124,8 @@ def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Pat
     # with a horizon of its own, a linear schedule needs no step budget
     assert time_budget(None, {"ppo.lr_schedule": "linear", "ppo.lr_decay_steps": "5000000"}) == {
         "train.total_steps": NO_STEP_LIMIT}
+    with pytest.raises(C.ConfigError, match=r"^ppo.lr_schedule: 'linear'"):
+        time_budget(None, {"ppo.lr_schedule": "linear", "ppo.lr_decay_steps": 0})
     config = tmp_path / "linear.yaml"
     config.write_text("ppo:\n  lr_schedule: linear\n")
     with pytest.raises(C.ConfigError, match="train.total_steps"):
