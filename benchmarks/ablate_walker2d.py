@@ -87,10 +87,9 @@ def run(config: str, overrides: dict[str, str], obs_norm: str, seed: int, budget
     cfg = C.load(Path(config), {**overrides, "train.total_steps": budget, "train.seed": seed, "train.mode": "sync"})
     C.validate(cfg)
     start = time.perf_counter()
-    stats = None
     envs = [make_envs(cfg.env.id, cfg.env.envs_per_actor, cfg.env.kwargs) for _ in range(cfg.rollout.actors)]
     if obs_norm == "per_step":
-        stats = RunningMeanStd(envs[0].single_observation_space.shape[0])
+        stats = RunningMeanStd(envs[0].single_observation_space.shape[0])  # shared by all envs, as one VecNormalize
         envs = [StepNormalizedEnvs(e, stats) for e in envs]
     samplers = [Sampler(e, i, seed) for i, e in enumerate(envs)]
     obs_dim, act_dim = samplers[0].obs.shape[1], envs[0].single_action_space.shape[0]
@@ -108,11 +107,9 @@ def run(config: str, overrides: dict[str, str], obs_norm: str, seed: int, budget
         learner.update(fragments, steps)
         steps += sum(f.num_steps for f in fragments)
     policy = NumpyPolicy(learner.weights())
-    if stats is not None:
-        mean, std = stats.mean, np.sqrt(stats.var + 1e-8)
-        ret = eval_return(lambda o: policy.mean(np.clip((o - mean) / std, -OBS_CLIP, OBS_CLIP)[None])[0])
-    else:
-        ret = eval_return(lambda o: policy.mean(o[None])[0])
+    # per_step: evaluated on the statistics training ended with, through the envs' own normalisation
+    norm = envs[0]._norm if isinstance(envs[0], StepNormalizedEnvs) else (lambda o: o)
+    ret = eval_return(lambda o: policy.mean(norm(o[None]))[0])
     return {"eval": ret, "log_std": float(learner.model.log_std.detach().mean()), "steps": steps,
             "seconds": time.perf_counter() - start}
 
