@@ -116,10 +116,11 @@ class PPOConfig:
     """Also divide rewards by the running standard deviation of each env's discounted return (the
     scaling SB3's VecNormalize and Gymnasium's NormalizeReward apply; no mean is subtracted). The
     learner keeps the statistics from the fragments' rewards, per worker and env, and checkpoints
-    them. Off by default (the biped's fixed scale works). configs/walker2d_100k.yaml turns it on
-    with a constant learning rate and one long fragment per actor: the three together lifted
-    Walker2d's evaluation return at 100k steps to SB3's, while on its own it changed nothing
-    measurable (docs/benchmarks.md, session 34)."""
+    them. Off by default (the biped's fixed scale works). configs/walker2d.yaml turns it on
+    with a learning rate that stays near its start over 100k steps: together they lifted
+    Walker2d's evaluation return at 100k above SB3's, while on its own it changed nothing
+    measurable; at 1M a few more runs stalled than with the fixed 0.1 scale
+    (docs/benchmarks.md, sessions 34-35)."""
     kl_target: float = 0.01
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
