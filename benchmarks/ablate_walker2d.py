@@ -3,8 +3,12 @@
     python benchmarks/ablate_walker2d.py --seeds 1-16 --jobs 2 \\
         --variant base \\
         --variant const_lr ppo.lr_schedule=constant \\
-        --variant sb3like ppo.lr_schedule=constant ppo.reward_norm=true ppo.reward_scale=1 \\
+        --variant no_rnorm ppo.reward_norm=false ppo.reward_scale=0.1 \\
+        --variant sb3like ppo.lr_schedule=constant \\
                   rollout.actors=1 env.envs_per_actor=1 rollout.fragment_length=2048 obs_norm=per_step
+
+The base is `--config` (configs/walker2d.yaml unless told otherwise), so a variant names only
+what it changes from that file; the base itself is the first variant here.
 
 Each run is Stride's sync PPO with its own `Learner` and `Sampler`s in one process (no Ray): the
 same fragments, updates and random streams as `stride train` in sync mode for that config and
