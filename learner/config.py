@@ -119,8 +119,8 @@ class PPOConfig:
     them. Off by default (the biped's fixed scale works). configs/walker2d.yaml turns it on
     with a learning rate that stays near its start over 100k steps: together they lifted
     Walker2d's evaluation return at 100k above SB3's, while on its own it changed nothing
-    measurable; at 1M a few more runs stalled than with the fixed 0.1 scale
-    (docs/benchmarks.md, sessions 34-35)."""
+    measurable; at 1M it is level with the fixed 0.1 scale over 23 paired seeds, with 3 stalled
+    runs against 1 (docs/benchmarks.md, sessions 34-36)."""
     kl_target: float = 0.01
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
