@@ -111,6 +111,7 @@ def run_sb3(budget: int, seed: int, config: str) -> dict:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
     episodes: list[list[float]] = []
@@ -123,6 +124,8 @@ def run_sb3(budget: int, seed: int, config: str) -> dict:
 
     env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=seed))
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
+    # With no logger of its own, SB3 makes an empty /tmp/SB3-<date> folder every run; it writes nothing we read.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     start = time.perf_counter()
     model.learn(total_timesteps=budget, callback=EpisodeLog())
     seconds = time.perf_counter() - start
