@@ -116,8 +116,10 @@ class PPOConfig:
     """Also divide rewards by the running standard deviation of each env's discounted return (the
     scaling SB3's VecNormalize and Gymnasium's NormalizeReward apply; no mean is subtracted). The
     learner keeps the statistics from the fragments' rewards, per worker and env, and checkpoints
-    them. Off by default (the biped's fixed scale works). configs/walker2d.yaml turns it on
-    with a learning rate that stays near its start over 100k steps: together they lifted
+    them. Off by default: on the biped it reached a return of 216 sooner than the fixed scale on
+    one seed of four and was behind it on two (docs/benchmarks.md, session 37).
+    configs/walker2d.yaml turns it on with a learning rate that stays near its start over 100k
+    steps: together they lifted
     Walker2d's evaluation return at 100k above SB3's, while on its own it changed nothing
     measurable; at 1M it is level with the fixed 0.1 scale over 23 paired seeds, with 3 stalled
     runs against 1 (docs/benchmarks.md, sessions 34-36)."""
