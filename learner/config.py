@@ -116,13 +116,12 @@ class PPOConfig:
     """Also divide rewards by the running standard deviation of each env's discounted return (the
     scaling SB3's VecNormalize and Gymnasium's NormalizeReward apply; no mean is subtracted). The
     learner keeps the statistics from the fragments' rewards, per worker and env, and checkpoints
-    them. Off by default: on the biped it reached a return of 216 sooner than the fixed scale on
-    one seed of four and was behind it on two (docs/benchmarks.md, session 37).
+    them. Off by default: on the biped it reached a return of 216 within the hour in one run of
+    four, no different from the fixed scale's four of twelve (docs/benchmarks.md, session 37).
     configs/walker2d.yaml turns it on with a learning rate that stays near its start over 100k
-    steps: together they lifted
-    Walker2d's evaluation return at 100k above SB3's, while on its own it changed nothing
-    measurable; at 1M it is level with the fixed 0.1 scale over 23 paired seeds, with 3 stalled
-    runs against 1 (docs/benchmarks.md, sessions 34-36)."""
+    steps: together they lifted Walker2d's evaluation return at 100k above SB3's, while on its
+    own it changed nothing measurable; at 1M it is level with the fixed 0.1 scale over 23 paired
+    seeds, with 3 stalled runs against 1 (docs/benchmarks.md, sessions 34-36)."""
     kl_target: float = 0.01
     """Penalty loss: the KL the adaptive beta aims at (beta x2 above 1.5x, /2 below target/1.5)."""
     kl_beta: float = 1.0
