@@ -39,7 +39,7 @@ import ray
 import torch
 
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
-from learner import checkpoint
+from learner import checkpoint, machine
 from learner.actor_pool import ActorPool, RolloutFailed
 from learner.config import NO_STEP_LIMIT, Config, local_cpus, ray_address, resolve_device
 from learner.learner import Learner
@@ -325,6 +325,9 @@ class Trainer:
                         if frag.policy_version != version:
                             raise AssertionError(f"sync mode got version {frag.policy_version}, expected {version}")
                         fragments.append(frag)
+            # In actor order, not arrival order: the batch's layout decides the minibatches, so
+            # this keeps a sync run bit-reproducible for a seed on one machine.
+            fragments.sort(key=lambda f: f.worker_id)
             fragments += self._external_fragments(max_lag=0)  # sync: only the current version
             yield fragments, time.perf_counter() - t0, t_bcast, nbytes
 
@@ -371,6 +374,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until total_steps; returns the last metrics record."""
         pool = self._spawn_workers()
+        with (self.run_dir / "machine.jsonl").open("a") as f:  # a line per start: a resume may run elsewhere
+            f.write(json.dumps(machine.describe(str(self.device), self.counters.iteration)) + "\n")
         batches = self._sync_batches(pool) if self.cfg.train.mode == "sync" else self._async_batches(pool)
         last: dict[str, Any] = {}
         # Ctrl-C and SIGTERM (`ray job stop`, a scheduler) finish the current iteration, then

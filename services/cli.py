@@ -429,7 +429,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   + ("; ended by " + _counts(pt.ended_by) if pt.ended_by else "")
                   + (" (tilt: " + _counts(pt.tilted) + ")" if pt.tilted else ""))
         print(f"threshold {r.threshold:.1f} {state} after {r.wall_seconds:.0f} s, {r.env_steps:,} env steps "
-              f"(training return {r.train_return:.1f}); eval return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
+              f"(training return {r.train_return:.1f}); final evaluation (fresh seeds from {r.eval_seed:,}): "
+              f"return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
               f"length {r.eval_length:.0f}"
               + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
               + "; ended by " + _counts(r.eval_ended_by)

@@ -7,8 +7,12 @@ Two stop rules (`stop_on`):
   on the first checkpoint written at least `eval_every` seconds after the previous evaluation.
   The evaluations run in the driver, on the same cores, inside the measured wall time.
 With `eval_every` > 0 the evaluations are recorded (eval_curve.jsonl) whichever rule stops the
-run. At the end the latest checkpoint is evaluated again and a video written. Reports wall-clock
-time to the threshold, env steps, and the evaluation.
+run. At the end the latest checkpoint is evaluated again, on other seeds than the periodic
+evaluations' (from FINAL_EVAL_SEED), and a video written. Reports wall-clock time to the
+threshold, env steps, and that final evaluation. Why other seeds: with `stop_on` "eval" the run
+stops at the first evaluation that reaches the threshold, so that evaluation is picked for being
+high (a 20-episode mean with a std of 50-90 on the biped); the final one, on fresh episodes of the
+same checkpoint, is an estimate that was not picked.
 
 Ctrl-C (or SIGTERM) stops it after a checkpoint, like `stride train`: the latest checkpoint is
 evaluated (no video, to stop soon) and time_to_walk.json records the partial result with
@@ -42,6 +46,9 @@ if TYPE_CHECKING:  # torch and Ray load with these (~4 s): the CLI checks its op
 log = logging.getLogger("stride")
 
 CLOCK_FILE = "time_to_walk_clock.json"  # {"started_at": Unix time of the original start}
+EVAL_SEED = 10_000  # the periodic evaluations' episodes are seeded EVAL_SEED, EVAL_SEED + 1, ...
+FINAL_EVAL_SEED = 1_000_000  # the final evaluation's: disjoint from them for any eval_episodes allowed
+MAX_EVAL_EPISODES = FINAL_EVAL_SEED - EVAL_SEED
 
 
 @dataclass
@@ -76,6 +83,7 @@ class TimeToWalk:
     eval_curve: list[EvalPoint] = field(default_factory=list)  # the periodic evaluations, in order
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM before the threshold or the budget: resumable
     eval_tilted: dict[str, int] = field(default_factory=dict)  # which way the final eval's "tilt" episodes went
+    eval_seed: int = FINAL_EVAL_SEED  # the final evaluation's first episode seed (the periodic ones start at EVAL_SEED)
 
 
 class _StopAtReturn:
@@ -110,7 +118,7 @@ class _StopAtReturn:
             return
         from learner.evaluate import evaluate
 
-        ev = evaluate(self.run_dir, self.eval_episodes)  # the checkpoint just written is the latest
+        ev = evaluate(self.run_dir, self.eval_episodes, seed=EVAL_SEED)  # the checkpoint just written is the latest
         now = time.perf_counter() - self.start
         point = EvalPoint(now, ev.env_steps, self.last[2], ev.mean_return, ev.std_return, ev.mean_length,
                           ev.mean_forward_distance, ev.ended_by, ev.tilted)
@@ -180,8 +188,8 @@ def check_options(stop_on: str, eval_every: float, eval_episodes: int) -> None:
         raise ValueError(f"stop_on (--stop-on) must be one of {STOP_RULES}, got {stop_on!r}")
     if stop_on == "eval" and eval_every <= 0:
         raise ValueError("stop_on 'eval' (--stop-on eval) needs eval_every > 0 (--eval-every SECONDS)")
-    if eval_episodes < 1:
-        raise ValueError(f"eval_episodes (--eval-episodes) must be >= 1, got {eval_episodes}")
+    if not 1 <= eval_episodes <= MAX_EVAL_EPISODES:  # more would reuse the final evaluation's seeds
+        raise ValueError(f"eval_episodes (--eval-episodes) must be in 1..{MAX_EVAL_EPISODES:,}, got {eval_episodes}")
 
 
 def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -242,9 +250,10 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
         log.warning("interrupted at %.0f s, %d env steps: evaluating the last checkpoint", *stop.last[:2])
     wall, steps, ret = stop.hit or stop.last
     video_path = run_dir / "walk.mp4" if video and not interrupted else None
-    ev = evaluate(run_dir, episodes, video=video_path)
+    ev = evaluate(run_dir, episodes, seed=FINAL_EVAL_SEED, video=video_path)
     result = TimeToWalk(threshold, stop.hit is not None, wall, steps, ret, ev.mean_return, ev.std_return,
                         ev.mean_length, ev.mean_forward_distance, ev.ended_by,
-                        str(video_path) if video_path else None, stop_on, stop.curve, interrupted, ev.tilted)
+                        str(video_path) if video_path else None, stop_on, stop.curve, interrupted, ev.tilted,
+                        FINAL_EVAL_SEED)
     (run_dir / "time_to_walk.json").write_text(_json(asdict(result), indent=2) + "\n")
     return result

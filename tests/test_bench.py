@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from learner import config as C
+from learner.evaluate import evaluate
+from services import time_to_walk as ttw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,11 @@ def test_time_to_walk_stops_at_the_threshold_and_reports(tmp_path: Path) -> None
                      - result["train_return"]) < 1e-6  # the window's episode-weighted mean
     assert result["eval_return"] > -1000 and "threshold -700.0 reached (train return)" in done.stdout
     assert result["eval_curve"] == []  # no --eval-every: evaluated only at the end
+    # ... on seeds of its own, not the periodic evaluations': the same checkpoint scores differently there
+    assert result["eval_seed"] == ttw.FINAL_EVAL_SEED > ttw.EVAL_SEED + 10
+    assert evaluate(out, 10, seed=ttw.FINAL_EVAL_SEED).mean_return == pytest.approx(result["eval_return"], abs=1e-9)
+    assert evaluate(out, 10, seed=ttw.EVAL_SEED).mean_return != result["eval_return"]
+    assert f"final evaluation (fresh seeds from {ttw.FINAL_EVAL_SEED:,}): return " in done.stdout
     saved = C.load(out / "config.yaml")  # the resolved config, as `stride train` writes it
     assert saved.env.id == "Pendulum-v1" and saved.rollout.actors == 2 and saved.train.max_seconds == 240
 
@@ -155,6 +162,16 @@ def test_time_to_walk_stop_on_eval_needs_an_interval(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "ttw")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--eval-every" in done.stderr
     assert not (tmp_path / "ttw").exists()  # failed before anything started
+
+
+def test_time_to_walk_eval_episodes_must_leave_the_final_seeds_apart() -> None:
+    """The periodic evaluations' seeds (EVAL_SEED + episode) must stay below the final
+    evaluation's (FINAL_EVAL_SEED), or the final one would repeat episodes it is meant to check."""
+    ttw.check_options("eval", 300, ttw.MAX_EVAL_EPISODES)  # the largest allowed
+    assert ttw.EVAL_SEED + ttw.MAX_EVAL_EPISODES - 1 < ttw.FINAL_EVAL_SEED
+    for bad in (0, ttw.MAX_EVAL_EPISODES + 1):
+        with pytest.raises(ValueError, match="--eval-episodes"):
+            ttw.check_options("eval", 300, bad)
 
 
 def test_time_to_walk_resumes_with_its_clock_and_evaluations(tmp_path: Path) -> None:
