@@ -10,7 +10,9 @@ by what it had learned after the same number of env steps. Printed per run folde
   at or before it (eval_curve.jsonl; "-" if none yet), and the training return and policy
   entropy averaged over the iterations in the `--window` million steps before it (metrics.jsonl);
 - the second half's update diagnostics (median approx KL, clip fraction, seconds per update)
-  and memory (learner RSS and the largest actor's, first and last record).
+  and memory (learner RSS and the largest actor's, first and last record);
+- what each ran on (machine.jsonl: CPU, Torch's kernel set, the code's commit), with a warning
+  when they differ: on one machine a sync run repeats for a seed, across CPUs it does not.
 A line a crash left half written is skipped, as a resume skips it.
 """
 
@@ -84,6 +86,27 @@ def diagnostics_row(name: str, records: list[dict[str, Any]]) -> list[str]:
             f"{mb(first, 'actor_rss_bytes_max')} -> {mb(last, 'actor_rss_bytes_max')}"]
 
 
+def machines(run_dir: Path) -> list[str]:
+    """The distinct machines the run started on ("CPU (kernel set)"), in order; [] if it was made
+    before machine.jsonl existed (session 38)."""
+    path = run_dir / "machine.jsonl"
+    if not path.is_file():
+        return []
+    starts, _ = read_jsonl(path, required="cpu_model")
+    seen: list[str] = []
+    for m in starts:
+        name = f"{m['cpu_model']} ({m.get('torch_cpu_capability') or '?'})"
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def code_versions(run_dir: Path) -> list[str]:
+    path = run_dir / "machine.jsonl"
+    starts = read_jsonl(path, required="cpu_model")[0] if path.is_file() else []
+    return list(dict.fromkeys(str(m.get("stride_code")) for m in starts))
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -122,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(["run", "KL median (2nd half)", "clip fraction", "s per update", "learner RSS MB", "largest actor MB"],
                 [diagnostics_row(n, recs) for n, recs, _, _ in loaded]))
+    print()
+    used = [run for run in args.runs if run.name in {n for n, *_ in loaded}]
+    print(table(["run", "machine (Torch kernels)", "code"],
+                [[run.name, " + ".join(machines(run)) or "not recorded", " + ".join(code_versions(run)) or "-"]
+                 for run in used]))
+    if len({tuple(machines(run)) for run in used}) > 1:
+        print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
+              "is another run, so compare them as draws, not as pairs")
     return 0
 
 

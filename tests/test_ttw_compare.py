@@ -59,3 +59,30 @@ def test_main_prints_the_three_tables(tmp_path: Path, capsys) -> None:
     assert "| s9_demo | 0.040 | 0.40 | 0.050 | 401 -> 405 | 300 -> 300 |" in out  # second half: records 3-5
     with pytest.raises(SystemExit):
         ttw.main([str(tmp_path / "nothing")])
+
+
+def test_the_machines_table_warns_when_runs_ran_on_different_cpus(tmp_path: Path, capsys) -> None:
+    """A seed pairs two runs only on one machine: the comparison says what each ran on."""
+    def start(cpu: str, isa: str, code: str, it: int) -> str:
+        return json.dumps({"cpu_model": cpu, "torch_cpu_capability": isa, "stride_code": code,
+                           "from_iteration": it}) + "\n"
+
+    a = _run(tmp_path)
+    b = tmp_path / "other"
+    b.mkdir()
+    for name in ("metrics.jsonl", "eval_curve.jsonl"):
+        (b / name).write_text((a / name).read_text())
+    (a / "machine.jsonl").write_text(start("AMD EPYC", "AVX2", "abc123", 0) + start("AMD EPYC", "AVX2", "abc123", 40))
+    (b / "machine.jsonl").write_text(start("Intel Xeon", "AVX512", "abc123", 0)
+                                     + start("AMD EPYC", "AVX2", "def456", 9))
+    assert ttw.machines(a) == ["AMD EPYC (AVX2)"]  # a resume on the same machine is one machine
+    assert ttw.machines(b) == ["Intel Xeon (AVX512)", "AMD EPYC (AVX2)"]
+    assert ttw.machines(tmp_path / "nowhere") == []
+    assert ttw.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| s9_demo | AMD EPYC (AVX2) | abc123 |" in out
+    assert "| other | Intel Xeon (AVX512) + AMD EPYC (AVX2) | abc123 + def456 |" in out
+    assert "did not all run on one recorded machine" in out
+    (b / "machine.jsonl").write_text(start("AMD EPYC", "AVX2", "abc123", 0))
+    ttw.main([str(a), str(b)])
+    assert "did not all run on one recorded machine" not in capsys.readouterr().out
