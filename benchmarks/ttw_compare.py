@@ -12,7 +12,10 @@ by what it had learned after the same number of env steps. Printed per run folde
 - the second half's update diagnostics (median approx KL, clip fraction, seconds per update)
   and memory (learner RSS and the largest actor's, first and last record);
 - what each ran on (machine.jsonl: CPU, Torch's kernel set, the code's commit), with a warning
-  when they differ: on one machine a sync run repeats for a seed, across CPUs it does not.
+  when they differ: on one machine a sync run repeats for a seed, across CPUs it does not;
+- the reach rate per setting (the finished runs grouped by how their config.yaml differs from
+  the defaults, seed and time budget aside), with Fisher's exact test against the first
+  setting listed: one run per seed says little, a rate over several runs is the comparison.
 A line a crash left half written is skipped, as a resume skips it.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from learner import config as C  # noqa: E402
 from learner.trainer import read_jsonl  # noqa: E402
 from services.time_to_walk import EvalPoint, read_eval_curve  # noqa: E402
 
@@ -107,6 +112,49 @@ def code_versions(run_dir: Path) -> list[str]:
     return list(dict.fromkeys(str(m.get("stride_code")) for m in starts))
 
 
+# What a time-to-walk run sets for itself or per run, not a setting being compared.
+NOT_A_SETTING = {"train.seed", "train.max_seconds", "train.total_steps", "ppo.lr_schedule", "train.run_dir",
+                 "train.run_id", "train.video", "train.metrics_port", "train.address"}
+
+
+def setting(run_dir: Path) -> str:
+    """How the run's config.yaml differs from the defaults ("a.b=v, ..."), or "defaults"."""
+    saved, default = C.load(run_dir / "config.yaml").to_dict(), C.Config().to_dict()
+    diffs = [f"{sec}.{key}={value}" for sec, fields in saved.items() for key, value in fields.items()
+             if f"{sec}.{key}" not in NOT_A_SETTING and default[sec][key] != value]
+    return ", ".join(diffs) or "defaults"
+
+
+def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:
+    """Fisher's exact test, two-sided, of a/n1 against c/n2 successes: the probability, given
+    the margins, of a table no more likely than the one observed."""
+    k, n = a + c, n1 + n2
+
+    def prob(x: int) -> float:
+        return math.comb(n1, x) * math.comb(n2, k - x) / math.comb(n, k)
+
+    observed = prob(a)
+    tables = range(max(0, k - n2), min(k, n1) + 1)  # every a' the margins allow
+    return min(1.0, sum(p for x in tables if (p := prob(x)) <= observed * (1 + 1e-9)))
+
+
+def tally_rows(finished: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    """One row per setting, in order of first appearance: runs, reached, median minutes of those
+    that reached, and Fisher's p against the first setting."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name, result in finished:
+        groups.setdefault(name, []).append(result)
+    rows, first = [], None
+    for name, results in groups.items():
+        n, hits = len(results), sum(bool(r["reached"]) for r in results)
+        minutes = [r["wall_seconds"] / 60 for r in results if r["reached"]]
+        p = "-" if first is None else f"{fisher_two_sided(hits, n, *first):.2f}"
+        first = first or (hits, n)
+        median = f"{statistics.median(minutes):.1f}" if minutes else "-"
+        rows.append([name, str(n), f"{hits} ({hits / n:.0%})", median, p])
+    return rows
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -153,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     if len({tuple(machines(run)) for run in used}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
+    finished = [(setting(run), res) for run in used for n, _, _, res in loaded
+                if n == run.name and res is not None and not res.get("interrupted") and (run / "config.yaml").is_file()]
+    if finished:
+        print()
+        print(table(["setting", "runs", "reached", "median minutes (reached)", "Fisher p against the first"],
+                    tally_rows(finished)))
     return 0
 
 

@@ -86,3 +86,42 @@ def test_the_machines_table_warns_when_runs_ran_on_different_cpus(tmp_path: Path
     (b / "machine.jsonl").write_text(start("AMD EPYC", "AVX2", "abc123", 0))
     ttw.main([str(a), str(b)])
     assert "did not all run on one recorded machine" not in capsys.readouterr().out
+
+
+def test_fisher_two_sided_matches_a_hand_count() -> None:
+    """3 of 5 against 4 of 12 (docs/benchmarks.md's tally): with margins 5, 12 and 7 successes,
+    the tables with a = 0..5 have C(5,a) C(12,7-a) = 792, 4620, 7920, 4950, 1100, 66 of
+    C(17,7) = 19448; the observed a = 3 (4950) and every less likely table sum to 11528."""
+    assert ttw.fisher_two_sided(3, 5, 4, 12) == pytest.approx(11528 / 19448, rel=1e-12)
+    assert ttw.fisher_two_sided(2, 4, 2, 4) == pytest.approx(1.0)
+    assert ttw.fisher_two_sided(5, 5, 0, 5) == pytest.approx(2 / 252)  # all against none: 2 of C(10,5) tables
+
+
+def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
+    from learner import config as C
+
+    base = _run(tmp_path)
+    runs = []
+    plan = [("d0", {}, True, 35.5), ("d1", {}, False, 60.0), ("d2", {}, False, 60.0),
+            ("w0", {"model.hidden": "256,256", "ppo.ent_coef": 0}, True, 30.2),
+            ("w1", {"model.hidden": "256,256", "ppo.ent_coef": 0}, True, 55.4)]
+    for seed, (name, overrides, reached, minutes) in enumerate(plan):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text((base / "metrics.jsonl").read_text())
+        # What time-to-walk sets for itself (no step limit, constant rate, a budget, a seed) is no setting.
+        C.save(C.load(None, {**overrides, "train.seed": seed, "train.total_steps": C.NO_STEP_LIMIT,
+                             "ppo.lr_schedule": "constant", "train.max_seconds": 3600}), run / "config.yaml")
+        (run / "time_to_walk.json").write_text(json.dumps(
+            {"reached": reached, "wall_seconds": 60 * minutes, "eval_return": 220.0 if reached else 150.0,
+             "eval_return_std": 40.0, "interrupted": False}))
+        runs.append(run)
+    assert ttw.setting(runs[0]) == "defaults"
+    assert ttw.setting(runs[3]) == "ppo.ent_coef=0.0, model.hidden=(256, 256)"
+    assert ttw.main([str(r) for r in runs]) == 0
+    out = capsys.readouterr().out
+    assert "| defaults | 3 | 1 (33%) | 35.5 | - |" in out
+    # 2 of 2 against 1 of 3: the tables a = 0, 1, 2 weigh 1, 6, 3 of 10, so p = (1 + 3) / 10
+    p = ttw.fisher_two_sided(2, 2, 1, 3)
+    assert p == pytest.approx(0.4)
+    assert f"| ppo.ent_coef=0.0, model.hidden=(256, 256) | 2 | 2 (100%) | 42.8 | {p:.2f} |" in out
