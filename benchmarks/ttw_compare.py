@@ -91,25 +91,20 @@ def diagnostics_row(name: str, records: list[dict[str, Any]]) -> list[str]:
             f"{mb(first, 'actor_rss_bytes_max')} -> {mb(last, 'actor_rss_bytes_max')}"]
 
 
-def machines(run_dir: Path) -> list[str]:
-    """The distinct machines the run started on ("CPU (kernel set)"), in order; [] if it was made
-    before machine.jsonl existed (session 38)."""
+def starts(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's machine.jsonl records, one per start; [] for a run made before it existed (session 38)."""
     path = run_dir / "machine.jsonl"
-    if not path.is_file():
-        return []
-    starts, _ = read_jsonl(path, required="cpu_model")
-    seen: list[str] = []
-    for m in starts:
-        name = f"{m['cpu_model']} ({m.get('torch_cpu_capability') or '?'})"
-        if name not in seen:
-            seen.append(name)
-    return seen
+    return read_jsonl(path, required="cpu_model")[0] if path.is_file() else []
+
+
+def machines(run_dir: Path) -> list[str]:
+    """The distinct machines the run started on, "CPU (Torch's kernel set)", in order."""
+    return list(dict.fromkeys(f"{m['cpu_model']} ({m.get('torch_cpu_capability') or '?'})" for m in starts(run_dir)))
 
 
 def code_versions(run_dir: Path) -> list[str]:
-    path = run_dir / "machine.jsonl"
-    starts = read_jsonl(path, required="cpu_model")[0] if path.is_file() else []
-    return list(dict.fromkeys(str(m.get("stride_code")) for m in starts))
+    """The distinct `git describe` of the code at each start, in order."""
+    return list(dict.fromkeys(str(m.get("stride_code")) for m in starts(run_dir)))
 
 
 # What a time-to-walk run sets for itself or per run, not a setting being compared.
@@ -171,38 +166,38 @@ def main(argv: list[str] | None = None) -> int:
         marks = [float(m) * 1e6 for m in args.marks.split(",")]
     except ValueError:
         parser.error(f"--marks must be numbers separated by commas, got {args.marks!r}")
-    loaded = []
+    loaded = []  # (folder, records, curve, result) of the folders whose run wrote a record
     for run in args.runs:
         if not (run / "metrics.jsonl").is_file():
             parser.error(f"{run} has no metrics.jsonl: not a run folder")
-        loaded.append((run.name, *load(run)))
-    loaded = [x for x in loaded if x[1]]  # a folder whose run wrote no record yet has nothing to compare
+        records, curve, result = load(run)
+        if records:
+            loaded.append((run, records, curve, result))
     window = args.window * 1e6
     print(table(["run", "result", "minutes", "env steps (M)", "median env steps/s", "final eval (20 ep.)"],
-                [summary_row(n, recs, curve, res) for n, recs, curve, res in loaded]))
+                [summary_row(run.name, recs, curve, res) for run, recs, curve, res in loaded]))
     print()
     head = [f"{m / 1e6:g} M" for m in marks]
     rows = []
-    for name, recs, curve, _ in loaded:
+    for run, recs, curve, _ in loaded:
         evals = [eval_at(curve, m) for m in marks]
-        rows.append([f"{name}: eval", *[fmt(p.eval_return if p else None) for p in evals]])
-        rows.append([f"{name}: training return", *[fmt(window_mean(recs, "episode_return_mean", m, window))
-                                                    for m in marks]])
-        rows.append([f"{name}: entropy", *[fmt(window_mean(recs, "entropy", m, window), 2) for m in marks]])
+        rows.append([f"{run.name}: eval", *[fmt(p.eval_return if p else None) for p in evals]])
+        rows.append([f"{run.name}: training return", *[fmt(window_mean(recs, "episode_return_mean", m, window))
+                                                        for m in marks]])
+        rows.append([f"{run.name}: entropy", *[fmt(window_mean(recs, "entropy", m, window), 2) for m in marks]])
     print(table(["run, at env steps", *head], rows))
     print()
     print(table(["run", "KL median (2nd half)", "clip fraction", "s per update", "learner RSS MB", "largest actor MB"],
-                [diagnostics_row(n, recs) for n, recs, _, _ in loaded]))
+                [diagnostics_row(run.name, recs) for run, recs, _, _ in loaded]))
     print()
-    used = [run for run in args.runs if run.name in {n for n, *_ in loaded}]
     print(table(["run", "machine (Torch kernels)", "code"],
                 [[run.name, " + ".join(machines(run)) or "not recorded", " + ".join(code_versions(run)) or "-"]
-                 for run in used]))
-    if len({tuple(machines(run)) for run in used}) > 1:
+                 for run, *_ in loaded]))
+    if len({tuple(machines(run)) for run, *_ in loaded}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
-    finished = [(setting(run), res) for run in used for n, _, _, res in loaded
-                if n == run.name and res is not None and not res.get("interrupted") and (run / "config.yaml").is_file()]
+    finished = [(setting(run), res) for run, _, _, res in loaded
+                if res is not None and not res.get("interrupted") and (run / "config.yaml").is_file()]
     if finished:
         print()
         print(table(["setting", "runs", "reached", "median minutes (reached)", "Fisher p against the first"],

@@ -38,8 +38,11 @@ def cpu_model() -> str:
 
 
 def code_version() -> str | None:
-    """`git describe --always --dirty` of the Stride checkout, or None outside a git checkout
-    (an installed wheel, a container image built without .git)."""
+    """`git describe --always --dirty` of the Stride checkout, or None outside one (an installed
+    wheel, an image built without .git). Only where the checkout's own .git is: git would
+    otherwise describe whatever repository encloses site-packages (a project holding the venv)."""
+    if not (REPO_ROOT / ".git").exists():  # a directory, or a file in a worktree
+        return None
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10, check=True)

@@ -170,3 +170,16 @@ def test_killed_actor_does_not_stop_training(tmp_path: Path) -> None:
     assert any(0 in r["fragment_workers"] for r in recs[killed_at + 1 :])  # the restarted actor was used again
     for r in recs:  # every fragment in an update still came from the current weights
         assert r["fragment_versions"] == [r["policy_version"]] * r["fragments"]
+
+
+def test_code_version_only_describes_stride_s_own_checkout(tmp_path: Path, monkeypatch) -> None:
+    """Installed outside a checkout (site-packages inside some other repository), git would
+    describe the enclosing repository: machine.jsonl says null instead of a wrong commit."""
+    from learner import machine
+
+    if (machine.REPO_ROOT / ".git").exists():  # this checkout: described (a hash, maybe -dirty)
+        assert machine.code_version()
+    enclosing = tmp_path / "project"
+    (enclosing / ".git").mkdir(parents=True)  # a repository that is not Stride's...
+    monkeypatch.setattr(machine, "REPO_ROOT", enclosing / "venv" / "site-packages")  # ...holding its venv
+    assert machine.code_version() is None
