@@ -11,7 +11,6 @@ resumed run appends a line per start, since it may continue elsewhere.
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from learner.config import local_cpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ def describe(device: str, from_iteration: int) -> dict[str, Any]:
         "from_iteration": from_iteration,
         "host": socket.gethostname(),
         "cpu_model": cpu_model(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": local_cpus(),
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),

@@ -46,7 +46,9 @@ if TYPE_CHECKING:  # torch and Ray load with these (~4 s): the CLI checks its op
 log = logging.getLogger("stride")
 
 CLOCK_FILE = "time_to_walk_clock.json"  # {"started_at": Unix time of the original start}
-EVAL_SEED = 10_000  # the periodic evaluations' episodes are seeded EVAL_SEED, EVAL_SEED + 1, ...
+# The periodic evaluations' episodes are seeded EVAL_SEED, EVAL_SEED + 1, ...: evaluate()'s and
+# `stride eval`'s default, written out here because learner.evaluate loads later (see above).
+EVAL_SEED = 10_000
 FINAL_EVAL_SEED = 1_000_000  # the final evaluation's: disjoint from them for any eval_episodes allowed
 MAX_EVAL_EPISODES = FINAL_EVAL_SEED - EVAL_SEED
 
