@@ -190,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["run", "KL median (2nd half)", "clip fraction", "s per update", "learner RSS MB", "largest actor MB"],
                 [diagnostics_row(run.name, recs) for run, recs, _, _ in loaded]))
     print()
+    ran_on = [(run, machines(run), code_versions(run)) for run, *_ in loaded]
     print(table(["run", "machine (Torch kernels)", "code"],
-                [[run.name, " + ".join(machines(run)) or "not recorded", " + ".join(code_versions(run)) or "-"]
-                 for run, *_ in loaded]))
-    if len({tuple(machines(run)) for run, *_ in loaded}) > 1:
+                [[run.name, " + ".join(cpus) or "not recorded", " + ".join(code) or "-"] for run, cpus, code in ran_on]))
+    if len({tuple(cpus) for _, cpus, _ in ran_on}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
     finished = [(setting(run), res) for run, _, _, res in loaded
