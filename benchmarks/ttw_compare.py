@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     ran_on = [(run, machines(run), code_versions(run)) for run, *_ in loaded]
     print(table(["run", "machine (Torch kernels)", "code"],
-                [[run.name, " + ".join(cpus) or "not recorded", " + ".join(code) or "-"] for run, cpus, code in ran_on]))
+                [[run.name, " + ".join(cpus) or "not recorded", " + ".join(code) or "-"]
+                 for run, cpus, code in ran_on]))
     if len({tuple(cpus) for _, cpus, _ in ran_on}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
