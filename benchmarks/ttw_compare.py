@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from learner import config as C  # noqa: E402
 from learner.trainer import read_jsonl  # noqa: E402
-from services.time_to_walk import EvalPoint, read_eval_curve  # noqa: E402
+from services.time_to_walk import EvalPoint, read_eval_curve, time_budget  # noqa: E402
 
 
 def load(run_dir: Path) -> tuple[list[dict[str, Any]], list[EvalPoint], dict[str, Any] | None]:
@@ -108,13 +108,17 @@ def code_versions(run_dir: Path) -> list[str]:
 
 
 # What a time-to-walk run sets for itself or per run, not a setting being compared.
-NOT_A_SETTING = {"train.seed", "train.max_seconds", "train.total_steps", "ppo.lr_schedule", "train.run_dir",
+NOT_A_SETTING = {"train.seed", "train.max_seconds", "train.total_steps", "train.run_dir",
                  "train.run_id", "train.video", "train.metrics_port", "train.address"}
 
 
 def setting(run_dir: Path) -> str:
-    """How the run's config.yaml differs from the defaults ("a.b=v, ..."), or "defaults"."""
-    saved, default = C.load(run_dir / "config.yaml").to_dict(), C.Config().to_dict()
+    """How the run's config.yaml differs from what `stride bench time-to-walk` runs with no
+    `--set` ("a.b=v, ..."), or "defaults". The baseline is the trainer's defaults with the
+    experiment's own time budget applied (a constant learning rate), so a run that asked for
+    another schedule is tallied apart instead of with the defaults."""
+    saved = C.load(run_dir / "config.yaml").to_dict()
+    default = C.load(None, time_budget(None, {})).to_dict()
     diffs = [f"{sec}.{key}={value}" for sec, fields in saved.items() for key, value in fields.items()
              if f"{sec}.{key}" not in NOT_A_SETTING and default[sec][key] != value]
     return ", ".join(diffs) or "defaults"

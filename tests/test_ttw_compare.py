@@ -118,6 +118,11 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
         runs.append(run)
     assert ttw.setting(runs[0]) == "defaults"
     assert ttw.setting(runs[3]) == "ppo.ent_coef=0.0, model.hidden=(256, 256)"
+    # A run given a step budget anneals its rate (the trainer's default schedule): another setting.
+    annealed = tmp_path / "annealed"
+    annealed.mkdir()
+    C.save(C.load(None, {"train.total_steps": 40_000_000, "train.max_seconds": 3600}), annealed / "config.yaml")
+    assert ttw.setting(annealed) == "ppo.lr_schedule=linear"
     assert ttw.main([str(r) for r in runs]) == 0
     out = capsys.readouterr().out
     assert "| defaults | 3 | 1 (33%) | 35.5 | - |" in out
