@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learner import config as C  # noqa: E402
-from learner.trainer import read_jsonl  # noqa: E402
+from learner.run_folder import read_jsonl  # noqa: E402
 from services.time_to_walk import EvalPoint, read_eval_curve, time_budget  # noqa: E402
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -41,8 +39,10 @@ import torch
 from actors.trajectory import EpisodeStats, Trajectory, rss_bytes
 from learner import checkpoint, machine
 from learner.actor_pool import ActorPool, RolloutFailed
-from learner.config import NO_STEP_LIMIT, Config, local_cpus, ray_address, resolve_device
+from learner.config import Config, local_cpus, ray_address, resolve_device
 from learner.learner import Learner
+from learner.progress import Progress
+from learner.run_folder import read_jsonl, refuse_existing_run
 
 log = logging.getLogger("stride")
 
@@ -67,50 +67,6 @@ class Counters:
 
 class TrainingDiverged(RuntimeError):
     """The loss stayed non-finite for max_bad_updates batches in a row."""
-
-
-def has_records(run_dir: Path) -> bool:
-    """Whether `run_dir` has a non-empty metrics.jsonl (a run trained there)."""
-    metrics = run_dir / "metrics.jsonl"
-    return metrics.is_file() and metrics.stat().st_size > 0
-
-
-def read_jsonl(path: Path, required: str = "") -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects in the JSON-lines file `path` (metrics.jsonl, eval_curve.jsonl), and how
-    many lines were dropped, with a warning naming them: lines that are not a JSON object or
-    lack the `required` key, i.e. a partial line left by a crash mid-write. Blank lines are
-    skipped."""
-    records: list[dict[str, Any]] = []
-    dropped: list[int] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict) and (not required or required in rec):
-            records.append(rec)
-        else:
-            dropped.append(n)
-    if dropped:
-        log.warning("dropped %d unreadable line(s) (line %s) from %s", len(dropped),
-                    ", ".join(str(n) for n in dropped), path)
-    return records, len(dropped)
-
-
-def refuse_existing_run(run_dir: Path) -> None:
-    """Raise FileExistsError if `run_dir` already holds a run (checkpoints or metrics).
-
-    A fresh run there would append its metrics to the old run's, and checkpoint retention keeps
-    the highest iteration numbers, so the old run's checkpoints would outrank the new run's and
-    the new ones would be deleted as they are written."""
-    held = [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")[-1:]]
-    if has_records(run_dir):
-        held.append("metrics.jsonl")
-    if held:
-        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
-                              "--resume, or train in another folder")
 
 
 class Observer(Protocol):
@@ -155,47 +111,6 @@ def start_ray(cfg: Config) -> None:
         # address="local": always a fresh embedded Ray, never a stale `ray start` left on this host.
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         log.info("started a local Ray with %d CPUs", cpus)
-
-
-class Progress:
-    """A live line on a terminal, one plain line per iteration otherwise."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total, self.stream = total, stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.perf_counter()
-        self.start_steps: int | None = None
-        self.deadline = float("inf")  # time.monotonic() at which train.max_seconds stops the run
-
-    def show(self, it: int, steps: int, rec: dict[str, Any]) -> None:
-        if self.start_steps is None:  # rate and ETA from the end of the first iteration (after start-up)
-            self.start_steps = steps
-            self.start = time.perf_counter()
-        elapsed = time.perf_counter() - self.start
-        rate = (steps - self.start_steps) / elapsed if steps > self.start_steps else float(rec["env_steps_per_s"])
-        eta = (self.total - steps) / rate if rate > 0 else float("inf")
-        eta = min(eta, max(0.0, self.deadline - time.monotonic()))  # whichever limit comes first
-        ret = rec.get("episode_return_mean")
-        ret_s = "-" if ret is None else f"{ret:.2f}"
-        budget = f"{steps:,} steps" if self.total >= NO_STEP_LIMIT else \
-            f"{steps:,}/{self.total:,} steps ({100 * steps / self.total:.1f}%)"
-        line = f"iter {it} | {budget} | {rate:,.0f} steps/s | return {ret_s} | ETA {_fmt_time(eta)}"
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-
-
-def _fmt_time(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class Trainer:

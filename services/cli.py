@@ -103,54 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fragments", type=int, help="stop after this many fragments")
     a.add_argument("--seconds", type=float, help="stop after this long")
     _security_flags(a, server=False)
-    b = sub.add_parser("bench", help="benchmarks on the current Ray cluster")
-    bsub = b.add_subparsers(dest="bench", required=True)
-    sc = bsub.add_parser("scale", help="env steps/s and efficiency against the number of actors")
-    sc.add_argument("--actors", default="1,2", help="comma-separated actor counts (default 1,2)")
-    sc.add_argument("--envs-per-actor", type=int, default=16)
-    sc.add_argument("--mode", choices=["sync", "async"], default="async")
-    sc.add_argument("--seconds", type=float, default=30.0, help="training time per point")
-    sc.add_argument("--env", default="stride/BipedWalker-v0")
-    sc.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    sc.add_argument("--out", type=Path, default=Path("bench"), help="folder for scale.csv and scale.png")
-    sc.add_argument("--local-nodes", type=int, default=0,
-                    help="run on this many Ray nodes started on this machine (learner on a CPU-less head), "
-                         "so trajectories and weights cross node boundaries (default: no extra nodes)")
-    sc.add_argument("--config", type=Path, help="YAML config the points train with (default: the built-in one)")
-    sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override a config field, e.g. --set rollout.fragment_length=256 (repeatable); "
-                         "--actors, --envs-per-actor, --mode and --env win over the config")
-    so = bsub.add_parser("soak", help="a long run watching learner/actor memory and the object store")
-    so.add_argument("--steps", type=int, default=1_000_000, help="env steps to train for (default 1M)")
-    so.add_argument("--env", help="env id (default: the config's, else the biped)")
-    so.add_argument("--actors", type=int, help="rollout actors (default: the config's, else one per CPU)")
-    so.add_argument("--mode", choices=["sync", "async"], help="default: the config's, else sync")
-    so.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
-    so.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override a config field, e.g. --set env.envs_per_actor=64 (repeatable)")
-    so.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    so.add_argument("--out", type=Path,
-                    help="run folder, new (default bench/soak-<date-time>); soak.csv is written there")
-    tw = bsub.add_parser("time-to-walk", help="train the biped until a return threshold; time, steps, video")
-    tw.add_argument("--threshold", type=float, default=216.0,
-                    help="mean return to reach, training or evaluation (--stop-on; default 216, the "
-                         "reference's best published runs)")
-    tw.add_argument("--window", type=int, default=5, help="iterations the training return is averaged over")
-    tw.add_argument("--stop-on", choices=["train", "eval"], default="train",
-                    help="what must reach the threshold: the training episodes' return (default) or the "
-                         "periodic evaluation of the deterministic policy (needs --eval-every)")
-    tw.add_argument("--eval-every", type=float, default=0.0, metavar="SECONDS",
-                    help="evaluate the policy on the first checkpoint this long after the last evaluation "
-                         "(eval_curve.jsonl; default 0: only at the end)")
-    tw.add_argument("--eval-episodes", type=int, default=10, help="seeded episodes per evaluation (default 10)")
-    tw.add_argument("--max-seconds", type=float, default=3600.0, help="give up after this long (default 1 h)")
-    tw.add_argument("--config", type=Path, help="YAML config (default: the built-in biped defaults)")
-    tw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    tw.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    tw.add_argument("--out", type=Path, help="run folder, new unless --resume (default bench/time-to-walk-<date-time>)")
-    tw.add_argument("--no-video", action="store_true", help="skip the video of the trained policy")
-    tw.add_argument("--resume", action="store_true",
-                    help="continue the experiment in --out from its last checkpoint (its config, its clock)")
+    from services import bench_cli  # imports this module's helpers: here, not at the top
+
+    bench_cli.add_parser(sub)
     x = sub.add_parser("export", help="write a run's policy as a self-contained ONNX, .pt2 or TorchScript file")
     x.add_argument("run_dir", type=Path)
     x.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"],
@@ -159,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _set_overrides(items: list[str]) -> dict[str, str]:
+def set_overrides(items: list[str]) -> dict[str, str]:
     """`--set SECTION.FIELD=VALUE` flags as dotted overrides."""
     from learner.config import ConfigError
 
@@ -178,7 +133,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             out[dotted] = value
-    out.update(_set_overrides(args.overrides))
+    out.update(set_overrides(args.overrides))
     if args.no_video:
         out["train.video"] = False
     return out
@@ -192,7 +147,7 @@ def _setup_logging(run_dir: Path | None) -> None:
                         force=True)
 
 
-def _run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> Any:
+def run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> Any:
     """The config a resumed run continues with: the run's own config.yaml plus `overrides`
     (`stride train --resume` and `stride bench time-to-walk --resume`)."""
     from learner import config as C
@@ -211,7 +166,7 @@ def _resume_if_exists(args: argparse.Namespace) -> None:
     resume would drop them too): they are moved aside, not deleted, and the run starts afresh."""
     from learner import checkpoint
     from learner import config as C
-    from learner.trainer import has_records
+    from learner.run_folder import has_records
 
     if args.resume is not None or args.run_dir is None:
         raise C.ConfigError("--resume-if-exists needs --run-dir DIR (and no --resume)")
@@ -239,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir: Path | None = None
     if args.resume is not None:
         run_dir = args.resume
-        cfg = _run_config(run_dir, config, overrides)
+        cfg = run_config(run_dir, config, overrides)
     else:
         cfg = C.load(args.config, overrides)
         if args.run_dir is not None:
@@ -247,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     C.validate(cfg)  # before Ray starts, and before any folder is made
     if run_dir is None:
         if not cfg.train.run_id:
-            cfg.train.run_id = _claim_folder(Path(cfg.train.run_dir), "").name
+            cfg.train.run_id = claim_folder(Path(cfg.train.run_dir), "").name
         run_dir = Path(cfg.train.run_dir) / cfg.train.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
@@ -372,7 +327,7 @@ def cmd_actor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _claim_folder(parent: Path, prefix: str) -> Path:
+def claim_folder(parent: Path, prefix: str) -> Path:
     """A new folder parent/<prefix><date-time>, made here, so that every invocation gets its own
     even when several start in the same second (mkdir is atomic: the second gets a -2 suffix)."""
     parent.mkdir(parents=True, exist_ok=True)
@@ -387,106 +342,6 @@ def _claim_folder(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no free run folder name for {parent / stamp}")
 
 
-def _new_folder(kind: str) -> Path:
-    """bench/<kind>-<date-time>: a folder per invocation, so a second run never lands in the
-    first's (which the trainer refuses: docs/reliability.md)."""
-    return _claim_folder(Path("bench"), f"{kind}-")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from learner import config as C
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.bench == "time-to-walk":
-        from services.time_to_walk import check_options, time_budget, time_to_walk
-
-        overrides: dict[str, Any] = {"train.max_seconds": args.max_seconds, "train.metrics_port": 0,
-                                     "train.address": args.address or "", **_set_overrides(args.overrides)}
-        if args.resume:
-            if args.out is None:
-                raise C.ConfigError("--resume needs --out DIR, the experiment's folder")
-            cfg = _run_config(args.out, args.config, overrides)
-        else:
-            # stops at the threshold or after max_seconds (or total_steps, where one is given)
-            cfg = C.load(args.config, {**overrides, **time_budget(args.config, overrides)})
-        C.validate(cfg)
-        check_options(args.stop_on, args.eval_every, args.eval_episodes)  # before a folder is made
-        out = args.out or _new_folder("time-to-walk")
-        logging.getLogger("stride").info("run folder %s (if it dies: --out %s --resume)", out, out)
-        resume_hint = f"resume with: stride bench time-to-walk --out {out} --resume"
-        try:
-            r = time_to_walk(cfg, out, args.threshold, args.window, args.eval_episodes, video=not args.no_video,
-                             stop_on=args.stop_on, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                             resume=args.resume)
-        except KeyboardInterrupt:  # during start-up or the final evaluation: training stops by itself
-            logging.getLogger("stride").warning("stopped early; %s", resume_hint)
-            return 130
-        state = ("reached" if r.reached else "NOT reached") + f" ({r.stop_on} return)"
-        state += " (interrupted)" if r.interrupted else ""
-        for pt in r.eval_curve:
-            print(f"eval at {pt.wall_seconds:.0f} s, {pt.env_steps:,} env steps: return {pt.eval_return:.1f} "
-                  f"+- {pt.eval_return_std:.1f}, length {pt.eval_length:.0f} (training {pt.train_return:.1f})"
-                  + ("; ended by " + _counts(pt.ended_by) if pt.ended_by else "")
-                  + (" (tilt: " + _counts(pt.tilted) + ")" if pt.tilted else ""))
-        print(f"threshold {r.threshold:.1f} {state} after {r.wall_seconds:.0f} s, {r.env_steps:,} env steps "
-              f"(training return {r.train_return:.1f}); final evaluation (fresh seeds from {r.eval_seed:,}): "
-              f"return {r.eval_return:.1f} +- {r.eval_return_std:.1f}, "
-              f"length {r.eval_length:.0f}"
-              + (f", forward {r.eval_forward_distance_m:.2f} m" if r.eval_forward_distance_m is not None else "")
-              + "; ended by " + _counts(r.eval_ended_by)
-              + (" (tilt: " + _counts(r.eval_tilted) + ")" if r.eval_tilted else "")
-              + (f"; video {r.video}" if r.video else ""))
-        if r.interrupted:
-            logging.getLogger("stride").warning("stopped early; %s", resume_hint)
-            return 130
-        return 0 if r.reached else 1
-    if args.bench == "soak":
-        flags = {"env.id": args.env, "rollout.actors": args.actors, "train.mode": args.mode}
-        cfg = C.load(args.config, {**{k: v for k, v in flags.items() if v is not None},
-                                   "train.total_steps": args.steps, "train.address": args.address or "",
-                                   "train.metrics_port": 0, "train.video": False, "train.checkpoint_every": 100,
-                                   **_set_overrides(args.overrides)})
-        C.validate(cfg)
-        from services.soak import print_report, soak  # torch and Ray: after the config is known good
-
-        out = args.out or _new_folder("soak")
-        report = soak(cfg, out)
-        print_report(report)
-        print(f"wrote {out / 'soak.csv'}")
-        return 0
-    try:
-        counts = [int(x) for x in args.actors.split(",") if x.strip()]
-    except ValueError:
-        raise C.ConfigError(f"--actors: expected comma-separated counts, got {args.actors!r}") from None
-    if not counts or min(counts) < 1:
-        raise C.ConfigError(f"--actors: counts must be >= 1, got {args.actors!r}")
-    if args.seconds <= 0:
-        raise C.ConfigError(f"--seconds: must be > 0, got {args.seconds}")
-    cfg = C.load(args.config, {**_set_overrides(args.overrides), "env.id": args.env,
-                               "env.envs_per_actor": args.envs_per_actor, "train.mode": args.mode,
-                               "train.address": args.address or "", "train.metrics_port": 0})
-    C.validate(cfg)
-    if args.local_nodes < 0 or (args.local_nodes and args.address):
-        raise C.ConfigError("--local-nodes: must be >= 0, and cannot be combined with --address")
-    from services.bench import bench_scale  # torch and Ray: after the options are known good
-
-    if args.local_nodes:
-        from learner.config import local_cpus
-        from services.bench import local_cluster
-
-        per_node = max(1, local_cpus() // args.local_nodes)
-        with local_cluster(args.local_nodes, per_node):
-            points = bench_scale(cfg, counts, args.seconds, args.out)
-    else:
-        points = bench_scale(cfg, counts, args.seconds, args.out)
-    print(f"{'actors':>6} {'env steps/s':>12} {'efficiency':>10} {'policy lag':>10} {'sample':>7} {'update':>7}")
-    for p in points:
-        print(f"{p.actors:>6} {p.env_steps_per_s:>12,.0f} {p.efficiency:>10.2f} {p.policy_lag_mean:>10.2f} "
-              f"{p.share_sample:>7.0%} {p.share_update:>7.0%}")
-    print(f"wrote {args.out / 'scale.csv'} and {args.out / 'scale.png'}")
-    return 0
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from learner.export import export
 
@@ -495,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _counts(counts: dict[str, int]) -> str:
+def counts_text(counts: dict[str, int]) -> str:
     """{'fell': 3, 'tilt': 7} -> 'fell 3, tilt 7'."""
     return ", ".join(f"{k} {n}" for k, n in counts.items())
 
@@ -508,9 +363,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r.checkpoint} ({r.env_steps:,} env steps): mean return {r.mean_return:.2f} +- {r.std_return:.2f} "
           f"over {r.episodes} episodes, mean length {r.mean_length:.1f}"
           + (f", mean forward distance {r.mean_forward_distance:.2f} m" if r.mean_forward_distance is not None else ""))
-    print("episodes ended by: " + _counts(r.ended_by))
+    print("episodes ended by: " + counts_text(r.ended_by))
     if r.tilted:
-        print("tilt episodes went over: " + _counts(r.tilted))
+        print("tilt episodes went over: " + counts_text(r.tilted))
     if args.video:
         print(f"video: {args.video}")
     return 0
@@ -518,13 +373,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from learner.config import ConfigError
+    from services import bench_cli
 
     args = _parser().parse_args(argv)
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "serve": cmd_serve, "actor": cmd_actor,
-                    "export": cmd_export, "bench": cmd_bench}
+                    "export": cmd_export, "bench": bench_cli.cmd_bench}
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"stride {args.command}: error: {exc}", file=sys.stderr)

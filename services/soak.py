@@ -49,9 +49,12 @@ class SoakReport:
 
 def object_store_use() -> tuple[float, int]:
     """(MiB, objects) in the object store over all nodes, from Ray's memory summary."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    # The connected cluster's address, named: left out, Ray looks for "the" cluster on this host
+    # and fails when another Ray instance runs there too (another user's training, say).
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     for line in text.splitlines():
         if line.startswith("Plasma memory usage"):
             parts = line.replace(",", "").split()  # Plasma memory usage N MiB K objects ...

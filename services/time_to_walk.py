@@ -160,7 +160,7 @@ def read_eval_curve(path: Path) -> list[EvalPoint]:
     """The evaluations in an eval_curve.jsonl, one JSON object per line. Lines written before a
     field existed (ended_by and tilted came in session 27) load with that field's default, so an
     older experiment can still be resumed. A line a crash left half written is dropped, logged."""
-    from learner.trainer import read_jsonl
+    from learner.run_folder import read_jsonl
 
     points, _ = read_jsonl(path, required="env_steps")
     return [EvalPoint(**p) for p in points]

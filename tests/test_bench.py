@@ -42,13 +42,23 @@ def test_bench_scale_rejects_bad_counts(tmp_path: Path) -> None:
 
 def test_soak_takes_a_config_and_overrides(tmp_path: Path) -> None:
     """`stride bench soak --config F --set ...`: the batch shape under test comes from the flags,
-    the soak's own settings (steps, no video) from the command, and the folder records both."""
+    the soak's own settings (steps, no video) from the command, and the folder records both.
+    Another Ray instance runs on the host meanwhile: the soak reads its own cluster's object
+    store, not "the" cluster Ray would look for (which fails when there are two)."""
+    import ray
+
+    from tests.conftest import start_local_ray
+
     out = tmp_path / "soak"
     stride = str(Path(sys.executable).parent / "stride")
-    done = subprocess.run([stride, "bench", "soak", "--config", "configs/pendulum.yaml", "--steps", "3840",
-                           "--actors", "1", "--set", "env.envs_per_actor=4", "--set", "rollout.fragment_length=32",
-                           "--set", "ppo.minibatches=4", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    start_local_ray(num_cpus=1)
+    try:
+        done = subprocess.run([stride, "bench", "soak", "--config", "configs/pendulum.yaml", "--steps", "3840",
+                               "--actors", "1", "--set", "env.envs_per_actor=4", "--set",
+                               "rollout.fragment_length=32", "--set", "ppo.minibatches=4", "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        ray.shutdown()
     assert done.returncode == 0, done.stderr[-3000:]
     saved = C.load(out / "config.yaml")
     assert (saved.env.id, saved.env.envs_per_actor, saved.rollout.fragment_length, saved.rollout.actors) == (

@@ -184,14 +184,14 @@ def test_resume_drops_a_metrics_line_a_crash_left_half_written(tmp_path: Path, c
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
-    from services import cli
+    from services import bench_cli, cli
 
     monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "20261122-120000")
-    made = [cli._claim_folder(tmp_path / "runs", "") for _ in range(3)]
+    made = [cli.claim_folder(tmp_path / "runs", "") for _ in range(3)]
     assert [p.name for p in made] == ["20261122-120000", "20261122-120000-2", "20261122-120000-3"]
     assert all(p.is_dir() for p in made)
     monkeypatch.chdir(tmp_path)
-    assert cli._new_folder("soak") == Path("bench/soak-20261122-120000")
+    assert bench_cli._new_folder("soak") == Path("bench/soak-20261122-120000")
     assert (tmp_path / "bench" / "soak-20261122-120000").is_dir()
 
 

@@ -15,7 +15,8 @@ import torch
 
 from learner import checkpoint
 from learner import config as C
-from learner.trainer import Progress, Trainer
+from learner.progress import Progress
+from learner.trainer import Trainer
 from tests.conftest import start_local_ray
 
 
