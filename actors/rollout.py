@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from actors.envs import is_biped
+from actors.envs import flat_box, is_biped
 from actors.policy import NumpyPolicy
 from actors.trajectory import EpisodeStats, Trajectory, Weights, rss_bytes
 
@@ -127,7 +127,7 @@ def collect(s: Sampler, num_steps: int) -> Trajectory:
     assert s.policy is not None
     start = time.perf_counter()
     b, obs_dim = s.obs.shape
-    act_dim = s.envs.single_action_space.shape[0]
+    act_dim = flat_box(s.envs.single_action_space, "action space").shape[0]
     obs = np.zeros((num_steps + 1, b, obs_dim), dtype=np.float32)
     actions = np.zeros((num_steps, b, act_dim), dtype=np.float32)
     logp = np.zeros((num_steps, b), dtype=np.float32)

@@ -78,8 +78,9 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
             tilted[way] = tilted.get(way, 0) + 1
         returns.append(total)
         lengths.append(steps)
-        if x0 is not None:
-            distances.append(_torso_x(env) - x0)
+        x1 = _torso_x(env)
+        if x0 is not None and x1 is not None:
+            distances.append(x1 - x0)
     env.close()
     if video is not None:
         write_video(cfg["id"], cfg["kwargs"], act, video, seed=seed)
@@ -96,7 +97,11 @@ def _is_biped(env: gym.Env) -> bool:
 
 
 def _torso_x(env: gym.Env) -> float | None:
-    return float(env.unwrapped.data.qpos[0]) if _is_biped(env) else None
+    """The biped's torso x (m), None for any other env."""
+    from actors.envs.biped import BipedWalkerEnv
+
+    inner = env.unwrapped
+    return float(inner.data.qpos[0]) if isinstance(inner, BipedWalkerEnv) else None
 
 
 def write_video(env_id: str, env_kwargs: dict[str, Any], act: Any, path: Path, seed: int = 0) -> dict[str, float]:

@@ -11,21 +11,29 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import torch
 from torch import nn
 
-import actors.envs  # noqa: F401  (registers the biped)
+from actors.envs import flat_box  # importing it registers the biped
 from actors.policy import ActorCritic
 from learner import checkpoint
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMATS = ("onnx", "pt2", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 
 
 class DeterministicPolicy(nn.Module):
+    low: torch.Tensor  # action bounds [act_dim], registered as buffers so they travel with the module
+    high: torch.Tensor
+
     def __init__(self, model: ActorCritic, low: torch.Tensor, high: torch.Tensor) -> None:
         super().__init__()
         self.model = model
@@ -40,9 +48,10 @@ def load_model(run_dir: Path) -> tuple[DeterministicPolicy, dict, Path]:
     path, state = checkpoint.require_latest(run_dir)
     cfg = state["config"]
     env = gym.make(cfg["env"]["id"], **cfg["env"]["kwargs"])
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-    high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+    act_space = flat_box(env.action_space, "action space")
+    obs_dim, act_dim = flat_box(env.observation_space, "observation space").shape[0], act_space.shape[0]
+    low = torch.as_tensor(act_space.low, dtype=torch.float32)
+    high = torch.as_tensor(act_space.high, dtype=torch.float32)
     env.close()
     model = ActorCritic(obs_dim, act_dim, tuple(cfg["model"]["hidden"]), cfg["model"]["init_log_std"])
     model.load_state_dict(state["model"])
@@ -108,7 +117,7 @@ def _export_onnx(policy: DeterministicPolicy, example: torch.Tensor, out: Path) 
     program.save(str(out))
 
 
-def read_exported(path: Path) -> tuple[dict, object]:
+def read_exported(path: Path) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     """(metadata, a callable obs [N, obs_dim] float32 -> deterministic actions) of an exported file."""
     import numpy as np
 

@@ -89,11 +89,12 @@ class ExternalSource(Protocol):
 def env_spaces(cfg: Config) -> tuple[int, int]:
     import gymnasium as gym
 
-    import actors.envs  # noqa: F401
+    from actors.envs import flat_box
 
     env = gym.make(cfg.env.id, **cfg.env.kwargs)
     try:
-        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+        return (int(flat_box(env.observation_space, "observation space").shape[0]),
+                int(flat_box(env.action_space, "action space").shape[0]))
     finally:
         env.close()
 

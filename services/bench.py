@@ -24,6 +24,7 @@ import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
+from actors.envs import flat_box
 from learner import config as C
 from learner.trainer import Trainer, start_ray
 
@@ -56,9 +57,10 @@ def _single_core_rate(env_id: str, num_envs: int, seconds: float) -> float:
     envs = make_envs(env_id, num_envs)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
+    shape = (num_envs, flat_box(envs.single_action_space, "action space").shape[0])
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        envs.step(rng.uniform(-1, 1, (num_envs, envs.single_action_space.shape[0])).astype(np.float32))
+        envs.step(rng.uniform(-1, 1, shape).astype(np.float32))
         steps += num_envs
     return steps / (time.perf_counter() - start)
 

@@ -225,7 +225,7 @@ def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5
     from learner.trainer import Trainer
 
     check_options(stop_on, eval_every, eval_episodes)
-    elapsed, curve = 0.0, []
+    elapsed, curve = 0.0, list[EvalPoint]()
     if resume:
         if not (run_dir / CLOCK_FILE).is_file():
             raise ValueError(f"--resume: {run_dir} has no {CLOCK_FILE} (not a time-to-walk run folder)")

@@ -31,6 +31,15 @@ if CHAOS_ID not in gymnasium.registry:
 
 
 
+def flat_box(space: gymnasium.Space, what: str) -> gymnasium.spaces.Box:
+    """`space` as the flat Box Stride trains on ([dim] vectors), or a ValueError naming `what`
+    ("observation space", "action space"). Config validation refuses other envs up front
+    (learner/config.py); code that reads a space's size or bounds goes through here."""
+    if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{what}: Stride needs a flat Box, got {space}")
+    return space
+
+
 def is_biped(env_id: str) -> bool:
     """Whether `env_id` names the biped, in either spelling ("stride/BipedWalker-v0" or
     Gymnasium's "module:EnvId" form, "actors.envs:stride/BipedWalker-v0")."""
@@ -48,4 +57,4 @@ def mirror_maps(env_id: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nd
     return OBS_MIRROR, ACT_MIRROR
 
 
-__all__ = ["BIPED_ID", "CHAOS_ID", "is_biped", "mirror_maps"]
+__all__ = ["BIPED_ID", "CHAOS_ID", "flat_box", "is_biped", "mirror_maps"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from numpy.typing import ArrayLike
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -26,16 +27,24 @@ def record_episode(
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = int(env.metadata.get("render_fps", 30))
     obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
+    frames: list[ArrayLike] = [_frame(env)]  # imageio's annotation asks for this element type
     total, steps, done = 0.0, 0, False
     while not done and (max_steps is None or steps < max_steps):
         obs, reward, terminated, truncated, _ = env.step(policy(obs))
         total += float(reward)
         steps += 1
         done = terminated or truncated
-        frames.append(env.render())
+        frames.append(_frame(env))
     if path.suffix == ".mp4":
         imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
     else:
         imageio.mimwrite(path, frames, duration=1.0 / fps, loop=0)
     return {"return": total, "length": float(steps)}
+
+
+def _frame(env: gym.Env) -> np.ndarray:
+    """One rgb_array frame [H, W, 3] uint8 of `env`."""
+    frame = env.render()
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"render() returned {type(frame).__name__}, not an rgb_array frame")
+    return frame

@@ -140,7 +140,7 @@ def _final_obs(m: experience_pb2.TrajectoryFragment, truncated: np.ndarray, obs_
 
 def weights_to_bytes(w: Weights) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **w.state)
+    np.savez(buf, **w.state)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return buf.getvalue()
 
 

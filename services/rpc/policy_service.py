@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from actors.envs import flat_box
 from actors.policy import NumpyPolicy
 from learner.evaluate import load_policy
 from learner.export import SUFFIXES, read_exported
@@ -72,7 +73,8 @@ class PolicySource:
         env_cfg = state["config"]["env"]
         env = gym.make(env_cfg["id"], **env_cfg["kwargs"])
         try:
-            obs_space, act_space = env.observation_space, env.action_space
+            obs_space = flat_box(env.observation_space, "observation space")
+            act_space = flat_box(env.action_space, "action space")
         finally:
             env.close()
         with self._lock:
