@@ -1,0 +1,89 @@
+"""benchmarks/branch.py: copies of a run resumed with different settings, on real Ray and files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner import checkpoint
+from learner import config as C
+from learner.evaluate import evaluate
+from learner.run_folder import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import branch  # noqa: E402
+
+SMALL = ["--set", "rollout.actors=1", "--set", "env.envs_per_actor=4", "--set", "rollout.fragment_length=32",
+         "--set", "ppo.minibatches=4", "--set", "train.checkpoint_every=2"]
+KEYS = ("policy_loss", "value_loss", "approx_kl", "entropy", "episode_return_mean")
+
+
+def _train(args: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "services.cli", "train", "--no-video", "--metrics-port", "0",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _curve(run: Path) -> list[dict]:
+    return [{k: r[k] for k in KEYS} | {"iteration": r["iteration"]}
+            for r in read_jsonl(run / "metrics.jsonl", required="iteration")[0]]
+
+
+def test_branches_continue_the_checkpoint_and_the_control_is_the_run_continued(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    _train(["--config", "configs/pendulum.yaml", "--total-steps", str(4 * 128), "--run-dir", str(src), *SMALL])
+    _, state = checkpoint.require_latest(src)
+    start_it, start_steps = state["counters"]["iteration"], state["counters"]["env_steps"]
+    assert start_steps == 4 * 128
+    straight = tmp_path / "straight"  # the source run continued by hand, for the control to equal
+    shutil.copytree(src, straight)
+    _train(["--resume", str(straight), "--set", f"train.total_steps={start_steps + 3 * 128}"])
+
+    out = tmp_path / "branches"
+    assert branch.main([str(src), "--steps", str(3 * 128), "--out", str(out), "--variant", "control",
+                        "--variant", "fast", "ppo.lr=0.01", "--set", "train.mode=sync",
+                        "--eval-episodes", "3"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("control", "fast"):
+        run = out / name
+        recs = _curve(run)
+        assert recs[start_it]["iteration"] == start_it + 1 and len(recs) == start_it + 3  # its own 3 after the copy's
+        ev = evaluate(run, 3, 2_000_000)  # the table's figure, recomputed
+        assert f"| {ev.mean_return:.1f} ± {ev.std_return:.1f} |" in printed.split(f"| {name} |")[1].split("\n")[0]
+    assert _curve(out / "control") == _curve(straight)
+    control_w = checkpoint.require_latest(out / "control")[1]["model"]
+    straight_w = checkpoint.require_latest(straight)[1]["model"]
+    fast_w = checkpoint.require_latest(out / "fast")[1]["model"]
+    assert all(torch.equal(control_w[k], straight_w[k]) for k in control_w)
+    assert not torch.equal(fast_w["pi.0.weight"], control_w["pi.0.weight"])
+    assert C.load(out / "fast" / "config.yaml").ppo.lr == 0.01
+    assert C.load(out / "control" / "config.yaml").ppo.lr == C.load(src / "config.yaml").ppo.lr
+    for bad, field in ((["ppo.lrr=1"], "ppo.lrr"), (["ppo.lr=-1"], "ppo.lr")):
+        with pytest.raises(SystemExit) as exc:  # checked before any branch starts, naming the field
+            branch.main([str(src), "--steps", "128", "--out", str(out), "--variant", "ok", "--variant", "bad", *bad])
+        assert exc.value.code == 2 and field in capsys.readouterr().err
+        assert not (out / "ok").exists() and not (out / "bad").exists()
+
+
+def test_a_bad_variant_is_refused_before_any_branch_starts(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    (src / "checkpoints").mkdir(parents=True)
+    C.save(C.load(ROOT / "configs" / "pendulum.yaml"), src / "config.yaml")
+    out = tmp_path / "branches"
+    with pytest.raises(SystemExit) as exc:  # no checkpoint to branch from
+        branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a"])
+    assert exc.value.code == 2 and "no loadable checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a=1"])
+    assert "the first word is the branch's name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a", "--variant", "a", "ppo.lr=1"])
+    assert "names must differ" in capsys.readouterr().err
+    assert not out.exists()
