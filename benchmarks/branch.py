@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from learner import checkpoint  # noqa: E402
 from learner import config as C  # noqa: E402
 from learner.run_folder import read_jsonl  # noqa: E402
+from services.cli import set_overrides  # noqa: E402
 
 COPIED = ("config.yaml", "metrics.jsonl", "machine.jsonl")  # what a resume reads (machine.jsonl: the record)
 
@@ -49,24 +50,17 @@ class Variant:
     overrides: dict[str, str]
 
 
-def parse_settings(items: list[str], flag: str) -> dict[str, str]:
-    """`SECTION.FIELD=VALUE` words as dotted overrides (ConfigError naming `flag` otherwise)."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise C.ConfigError(f"{flag}: {item!r} is not SECTION.FIELD=VALUE")
-        overrides[key.strip()] = value
-    return overrides
-
-
 def parse_variant(words: list[str]) -> Variant:
     """`NAME [SECTION.FIELD=VALUE ...]` -> Variant; a name that is not a plain folder name is refused."""
     name, *settings = words
     if "=" in name or "/" in name or name in (".", ".."):
         raise C.ConfigError(f"--variant {' '.join(words)}: the first word is the branch's name (a folder), "
                             f"then SECTION.FIELD=VALUE settings")
-    return Variant(name, parse_settings(settings, f"--variant {name}"))
+    try:
+        return Variant(name, set_overrides(settings))
+    except C.ConfigError:  # set_overrides names --set; this word came from --variant
+        bad = next(w for w in settings if "=" not in w)
+        raise C.ConfigError(f"--variant {name}: {bad!r} is not SECTION.FIELD=VALUE") from None
 
 
 def branch_overrides(start_steps: int, steps: int, common: dict[str, str], variant: Variant) -> dict[str, Any]:
@@ -153,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [v.name for v in variants]
         if len(set(names)) != len(names):
             raise C.ConfigError(f"--variant: names must differ, got {names}")
-        common = parse_settings(args.common, "--set")
+        common = set_overrides(args.common)
         if not (args.run / "config.yaml").is_file():
             raise C.ConfigError(f"{args.run} has no config.yaml: not a Stride run folder")
         ckpt, state = checkpoint.require_latest(args.run)

@@ -86,4 +86,7 @@ def test_a_bad_variant_is_refused_before_any_branch_starts(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a", "--variant", "a", "ppo.lr=1"])
     assert "names must differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a", "ppo.lr"])
+    assert "--variant a: 'ppo.lr' is not SECTION.FIELD=VALUE" in capsys.readouterr().err
     assert not out.exists()
