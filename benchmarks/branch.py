@@ -13,8 +13,9 @@ own is the run continued exactly (a sync run repeats for a seed on one machine),
 control; it is still one draw of a chaotic process, so branch several runs before believing a
 small difference.
 
-Printed per variant: its settings, the evaluation (mean ± std over the episodes, length,
-forward distance where the env has one), the training return and policy entropy over the last
+Printed per variant: its settings, the evaluation (mean ± std over the episodes; the mean
+per-seed difference from the first variant with its standard error, since every variant plays
+the same seeds; length, forward distance where the env has one), the training return and policy entropy over the last
 tenth of the branch, and the branch's median approx KL and seconds per update. Compare by the
 evaluation: the training return is the stochastic policy's, so a setting that shrinks σ faster
 raises it without a better mean action (docs/benchmarks.md, session 39). Every variant's config
@@ -122,6 +123,13 @@ def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, flo
             "kl": median("approx_kl"), "update_s": median("time_update")}
 
 
+def paired_difference(returns: list[float], base: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-episode differences returns[i] - base[i] of two
+    evaluations on the same seeds (each seed's episode starts the same way for both)."""
+    diffs = [a - b for a, b in zip(returns, base, strict=True)]
+    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+
+
 def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"branching {args.run} at {ckpt.name} ({start_steps:,} env steps) for {args.steps:,} more env steps",
           flush=True)
-    rows = []
+    rows, base_returns = [], None
     for v in variants:
         dst = args.out / v.name
         make_branch(args.run, ckpt, dst)
@@ -173,13 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         records, _ = read_jsonl(dst / "metrics.jsonl", required="iteration")
         tail = tail_stats(records, start_steps)
         settings = ", ".join(f"{k}={val}" for k, val in v.overrides.items()) or "(control)"
-        rows.append([v.name, settings, f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", f"{ev.mean_length:.1f}",
-                     fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]), fmt(tail["entropy"], 2),
-                     fmt(tail["kl"], 4), fmt(tail["update_s"], 3), f"{seconds:.0f}"])
+        if base_returns is None:
+            base_returns, paired = ev.returns, "-"
+        else:
+            diff, err = paired_difference(ev.returns, base_returns)
+            paired = f"{diff:+.1f} ± {err:.1f}"
+        rows.append([v.name, settings, f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
+                     f"{ev.mean_length:.1f}", fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]),
+                     fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["update_s"], 3), f"{seconds:.0f}"])
         print(f"{v.name}: evaluation {ev.mean_return:.2f} ± {ev.std_return:.2f} ({ev.checkpoint})", flush=True)
     head = ["branch", "settings", f"evaluation ({args.eval_episodes} ep., seeds from {args.eval_seed:,})",
-            "length", "distance (m)", "training return (last tenth)", "entropy (last tenth)", "KL median",
-            "s per update", "wall s"]
+            f"against {variants[0].name}, paired by seed (± s.e.)", "length", "distance (m)",
+            "training return (last tenth)", "entropy (last tenth)", "KL median", "s per update", "wall s"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(row) + " |")

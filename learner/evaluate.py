@@ -35,6 +35,7 @@ class EvalResult:
     episodes: int
     checkpoint: str
     env_steps: int
+    returns: list[float]  # each episode's, in seed order (seed, seed + 1, ...): pairs two policies by seed
 
 
 def load_policy(run_dir: Path) -> tuple[NumpyPolicy, dict[str, Any], Path]:
@@ -58,7 +59,8 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         o = np.asarray(obs, dtype=np.float32)[None]
         return (policy.mean(o) if deterministic else policy.act(o, rng)[0])[0]
 
-    returns, lengths, distances = [], [], []
+    returns: list[float] = []
+    lengths, distances = [], []
     ended_by: dict[str, int] = {}
     tilted: dict[str, int] = {}
     for ep in range(episodes):
@@ -88,7 +90,7 @@ def evaluate(run_dir: Path, episodes: int = 10, seed: int = 10_000, video: Path 
         float(np.mean(returns)), float(np.std(returns)), float(np.mean(lengths)),
         float(np.mean(distances)) if distances else None, dict(sorted(ended_by.items())), dict(sorted(tilted.items())),
         episodes, path.name,
-        int(state["counters"]["env_steps"]),
+        int(state["counters"]["env_steps"]), returns,
     )
 
 

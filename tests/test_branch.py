@@ -51,12 +51,20 @@ def test_branches_continue_the_checkpoint_and_the_control_is_the_run_continued(t
                         "--variant", "fast", "ppo.lr=0.01", "--set", "train.mode=sync",
                         "--eval-episodes", "3"]) == 0
     printed = capsys.readouterr().out
+    evals = {}
     for name in ("control", "fast"):
         run = out / name
         recs = _curve(run)
         assert recs[start_it]["iteration"] == start_it + 1 and len(recs) == start_it + 3  # its own 3 after the copy's
-        ev = evaluate(run, 3, 2_000_000)  # the table's figure, recomputed
-        assert f"| {ev.mean_return:.1f} ± {ev.std_return:.1f} |" in printed.split(f"| {name} |")[1].split("\n")[0]
+        ev = evals[name] = evaluate(run, 3, 2_000_000)  # the table's figures, recomputed
+        assert len(ev.returns) == 3 and sum(ev.returns) / 3 == pytest.approx(ev.mean_return)
+        row = printed.split(f"| {name} |")[1].split("\n")[0]
+        assert f"| {ev.mean_return:.1f} ± {ev.std_return:.1f} |" in row
+    diffs = [f - c for f, c in zip(evals["fast"].returns, evals["control"].returns, strict=True)]
+    mean = sum(diffs) / 3
+    err = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3**0.5
+    assert f"± {evals['fast'].std_return:.1f} | {mean:+.1f} ± {err:.1f} |" in printed
+    assert f"± {evals['control'].std_return:.1f} | - |" in printed
     assert _curve(out / "control") == _curve(straight)
     control_w = checkpoint.require_latest(out / "control")[1]["model"]
     straight_w = checkpoint.require_latest(straight)[1]["model"]
