@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ttw_compare import fmt  # noqa: E402  (benchmarks/ is on the path: the script's folder)
+
 from learner import checkpoint  # noqa: E402
 from learner import config as C  # noqa: E402
 from learner.run_folder import read_jsonl  # noqa: E402
@@ -91,7 +93,7 @@ def make_branch(run_dir: Path, ckpt: Path, dst: Path) -> None:
 
 def resume(dst: Path, overrides: dict[str, Any], log_path: Path) -> float:
     """`stride train --resume dst --set ...` in its own process (its own Ray); wall seconds."""
-    cmd = [sys.executable, "-m", "services.cli", "train", "--resume", str(dst), "--no-video"]
+    cmd = [sys.executable, "-m", "services.cli", "train", "--resume", str(dst)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     start = time.perf_counter()
@@ -128,10 +130,6 @@ def paired_difference(returns: list[float], base: list[float]) -> tuple[float, f
     evaluations on the same seeds (each seed's episode starts the same way for both)."""
     diffs = [a - b for a, b in zip(returns, base, strict=True)]
     return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-
-
-def fmt(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
