@@ -80,13 +80,24 @@ class PPOConfig:
     """'linear': decay the learning rate to 0 over total_steps; 'constant'; 'adaptive': start at
     lr, then after each update divide it by 1.5 if the update's approx KL exceeded 2 x
     lr_kl_target, multiply it by 1.5 if the KL stayed under half of it (kept within 1e-6..1e-2,
-    checkpointed). (Old configs' `anneal_lr: true/false` still load, as 'linear'/'constant'.)"""
+    checkpointed); 'step': lr until the first of lr_milestones, then multiplied by
+    lr_step_factor at each milestone. (Old configs' `anneal_lr: true/false` still load, as
+    'linear'/'constant'.)"""
     lr_decay_steps: int = 0
     """lr_schedule 'linear': the env steps over which the rate falls to 0, then stays there (0:
     train.total_steps). A horizon of its own makes the rate at a given step independent of the
     budget, so runs of different lengths share one schedule (a 100k run of a 1M schedule keeps
     ~90% of its rate), and it gives `stride bench time-to-walk`, which has no step budget, a
     linear schedule."""
+    lr_milestones: tuple[int, ...] = ()
+    """lr_schedule 'step': the env steps (increasing) from which the rate is lr x lr_step_factor^k,
+    k the milestones passed, e.g. `--set ppo.lr_milestones=15000000`. An update trains at the
+    rate of the env steps before its batch, so a milestone at a checkpoint's env steps gives the
+    run that resuming there with `--set ppo.lr=...` gives (tested). Meant for a run whose
+    evaluation has flattened: from one stalled biped run, 1e-4 led the constant 3e-4 in every
+    branch tried (docs/benchmarks.md, sessions 39-40)."""
+    lr_step_factor: float = 1 / 3
+    """lr_schedule 'step': what the rate is multiplied by at each of lr_milestones."""
     lr_kl_target: float = 0.01
     """lr_schedule 'adaptive': the approx KL per update the learning rate is steered towards."""
     clip_coef: float = 0.2
@@ -259,7 +270,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return str(value)
         if origin is tuple:  # "256,256", or YAML's "[256, 256]" as a user would write it in a file
             items = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
-            return tuple(int(x) for x in items if str(x).strip() != "")
+            (item_type, *_) = typing.get_args(tp)
+            return tuple(_coerce(name, item_type, x.strip() if isinstance(x, str) else x)
+                         for x in items if str(x).strip() != "")
         if origin is dict:
             if isinstance(value, str):
                 value = yaml.safe_load(value)
@@ -334,6 +347,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 def save(cfg: Config, path: Path) -> None:
     data = cfg.to_dict()
     data["model"]["hidden"] = list(data["model"]["hidden"])
+    data["ppo"]["lr_milestones"] = list(data["ppo"]["lr_milestones"])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -363,8 +377,15 @@ def validate(cfg: Config) -> None:
         f"(env.envs_per_actor {e.envs_per_actor} x rollout.fragment_length {r.fragment_length})",
     )
     _check(p.lr > 0, "ppo.lr", f"must be > 0, got {p.lr}")
-    _check(p.lr_schedule in ("linear", "constant", "adaptive"), "ppo.lr_schedule",
-           f"must be 'linear', 'constant' or 'adaptive', got {p.lr_schedule!r}")
+    _check(p.lr_schedule in ("linear", "constant", "adaptive", "step"), "ppo.lr_schedule",
+           f"must be 'linear', 'constant', 'adaptive' or 'step', got {p.lr_schedule!r}")
+    _check(p.lr_schedule != "step" or len(p.lr_milestones) > 0, "ppo.lr_milestones",
+           "lr_schedule 'step' needs at least one milestone (env steps)")
+    _check(p.lr_schedule == "step" or not p.lr_milestones, "ppo.lr_milestones",
+           f"only lr_schedule 'step' uses milestones (lr_schedule is {p.lr_schedule!r})")
+    _check(all(m > 0 for m in p.lr_milestones) and list(p.lr_milestones) == sorted(set(p.lr_milestones)),
+           "ppo.lr_milestones", f"must be positive env steps in increasing order, got {list(p.lr_milestones)}")
+    _check(p.lr_step_factor > 0, "ppo.lr_step_factor", f"must be > 0, got {p.lr_step_factor}")
     _check(p.lr_kl_target > 0, "ppo.lr_kl_target", f"must be > 0, got {p.lr_kl_target}")
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
     _check(p.ent_decay_steps >= 0, "ppo.ent_decay_steps", f"must be >= 0, got {p.ent_decay_steps}")

@@ -151,6 +151,8 @@ class Learner:
             return p.lr
         if p.lr_schedule == "adaptive":
             return self.adaptive_lr
+        if p.lr_schedule == "step":
+            return p.lr * p.lr_step_factor ** sum(env_steps >= m for m in p.lr_milestones)
         return p.lr * max(0.0, 1.0 - env_steps / (p.lr_decay_steps or self.cfg.train.total_steps))
 
     def reward_multiplier(self, fragments: list[Trajectory]) -> float:

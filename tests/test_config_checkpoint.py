@@ -62,12 +62,30 @@ def test_run_folders_saved_with_anneal_lr_still_load(tmp_path: Path) -> None:
     assert C.load(None, {"ppo.anneal_lr": "false"}).ppo.lr_schedule == "constant"
 
 
+def test_lr_milestones_read_as_a_user_writes_them_and_survive_a_save(tmp_path: Path) -> None:
+    """On the command line as "1.5e7,3e7" (the int fields' exponent form), in YAML as a list;
+    config.yaml keeps them, so a resumed run has the same schedule."""
+    cfg = C.load(None, {"ppo.lr_schedule": "step", "ppo.lr_milestones": "1.5e7, 3e7"})
+    C.validate(cfg)
+    assert cfg.ppo.lr_milestones == (15_000_000, 30_000_000)
+    C.save(cfg, tmp_path / "config.yaml")
+    assert "- 15000000" in (tmp_path / "config.yaml").read_text()
+    assert C.load(tmp_path / "config.yaml").ppo.lr_milestones == (15_000_000, 30_000_000)
+    (tmp_path / "mine.yaml").write_text("ppo:\n  lr_schedule: step\n  lr_milestones: [1000, 5000]\n")
+    assert C.load(tmp_path / "mine.yaml").ppo.lr_milestones == (1000, 5000)
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
         ({"rollout.actors": -1}, "rollout.actors"),
         ({"ppo.lr_schedule": "cosine"}, "ppo.lr_schedule"),
         ({"ppo.lr_kl_target": 0}, "ppo.lr_kl_target"),
+        ({"ppo.lr_schedule": "step"}, "ppo.lr_milestones"),  # no milestone
+        ({"ppo.lr_milestones": "1000"}, "ppo.lr_milestones"),  # a milestone the schedule ignores
+        ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "2000,1000"}, "ppo.lr_milestones"),
+        ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "0"}, "ppo.lr_milestones"),
+        ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "1000", "ppo.lr_step_factor": 0}, "ppo.lr_step_factor"),
         ({"env.envs_per_actor": 0}, "env.envs_per_actor"),
         ({"env.id": "NoSuchEnv-v9"}, "env.id"),
         ({"env.id": "CartPole-v1"}, "env.id"),  # discrete actions
@@ -90,7 +108,8 @@ def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [({"ppo.nope": 1}, "ppo.nope"), ({"nope.lr": 1}, "nope"), ({"ppo.epochs": "many"}, "ppo.epochs"),
-     ({"ppo.anneal_lr": "maybe"}, "ppo.anneal_lr"), ({"rollout.actors": 2.5}, "rollout.actors")],
+     ({"ppo.anneal_lr": "maybe"}, "ppo.anneal_lr"), ({"rollout.actors": 2.5}, "rollout.actors"),
+     ({"ppo.lr_milestones": "1e6,many"}, "ppo.lr_milestones")],
 )
 def test_unknown_or_mistyped_fields_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(C.ConfigError, match=f"^{field}"):

@@ -341,6 +341,24 @@ def test_linear_learning_rate_anneals_over_lr_decay_steps_else_the_budget() -> N
         C.validate(C.load(None, {**base, "ppo.lr_decay_steps": -1}))
 
 
+def test_step_learning_rate_drops_by_the_factor_at_each_milestone() -> None:
+    """lr x factor^k, k the milestones at or below the env steps, worked out by hand for 3e-4,
+    milestones 100 and 300 and a factor of 0.5; the update reports the rate of the steps it is
+    given (those before its batch)."""
+    from learner import config as C
+    from learner.learner import Learner
+
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.lr": 3e-4, "ppo.lr_schedule": "step",
+                        "ppo.lr_milestones": "100,300", "ppo.lr_step_factor": 0.5})
+    C.validate(cfg)
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    assert [learner.learning_rate(s) for s in (0, 99, 100, 299, 300, 10**9)] == pytest.approx(
+        [3e-4, 3e-4, 1.5e-4, 1.5e-4, 7.5e-5, 7.5e-5])
+    rng = np.random.default_rng(7)
+    assert learner.update([_random_fragment(rng, 1, 0)], env_steps=99)["lr"] == pytest.approx(3e-4)
+    assert learner.update([_random_fragment(rng, 1, 1)], env_steps=100)["lr"] == pytest.approx(1.5e-4)
+
+
 def test_adaptive_learning_rate_rule() -> None:
     """lr / 1.5 above 2x the KL target, x 1.5 below half of it, unchanged inside the band and on
     its edges, and held within LR_BOUNDS."""

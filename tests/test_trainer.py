@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -97,6 +98,31 @@ def test_sync_run_repeats_bit_for_bit_for_a_seed(tmp_path: Path) -> None:
     assert len(starts) == 1 and starts[0]["from_iteration"] == 0
     assert starts[0]["cpu_model"] and starts[0]["torch"] == torch.__version__
     assert starts[0]["learner_device"] == "cpu" and starts[0]["torch_cpu_capability"]
+
+
+def test_a_step_schedule_is_the_run_resumed_at_its_milestone_with_the_lower_rate(tmp_path: Path) -> None:
+    """ppo.lr_schedule 'step' with a milestone at a checkpoint's env steps trains as the run with
+    a constant rate resumed there with `--set ppo.lr=` the lowered rate (what benchmarks/branch.py's
+    lower-rate branches did by hand), to the bit. Both stop and resume at the milestone, since a
+    resume restarts the envs from seeds (a run that goes straight on keeps its episodes)."""
+    per_update = 2 * 4 * 32
+    keys = ("policy_loss", "value_loss", "approx_kl", "entropy", "grad_norm", "lr")
+    stepped = small_config(**{"train.total_steps": 5 * per_update, "ppo.lr_schedule": "step",
+                              "ppo.lr_milestones": str(3 * per_update), "ppo.lr_step_factor": 0.5})
+    Trainer(dataclasses.replace(stepped, train=dataclasses.replace(stepped.train, total_steps=3 * per_update)),
+            tmp_path / "step").run()
+    Trainer(stepped, tmp_path / "step", resume=True).run()
+    Trainer(small_config(**{"train.total_steps": 3 * per_update, "ppo.lr_schedule": "constant"}),
+            tmp_path / "hand").run()
+    lowered = small_config(**{"train.total_steps": 5 * per_update, "ppo.lr_schedule": "constant",
+                              "ppo.lr": stepped.ppo.lr * 0.5})
+    Trainer(lowered, tmp_path / "hand", resume=True).run()
+    curves = {name: [{k: r[k] for k in keys} for r in records(tmp_path / name)] for name in ("step", "hand")}
+    assert [r["lr"] for r in curves["step"]] == [stepped.ppo.lr] * 3 + [stepped.ppo.lr * 0.5] * 2
+    assert curves["step"] == curves["hand"]
+    w_step = checkpoint.latest(tmp_path / "step" / "checkpoints")[1]["model"]
+    w_hand = checkpoint.latest(tmp_path / "hand" / "checkpoints")[1]["model"]
+    assert all(torch.equal(w_step[k], w_hand[k]) for k in w_step)
 
 
 def test_async_mode_drops_and_counts_stale_fragments(tmp_path: Path) -> None:
