@@ -25,6 +25,7 @@ is checked before the first branch starts, so a misspelt field fails naming it.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -125,11 +126,13 @@ def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, flo
             "kl": median("approx_kl"), "update_s": median("time_update")}
 
 
-def paired_difference(returns: list[float], base: list[float]) -> tuple[float, float]:
+def paired_difference(returns: list[float], base: list[float]) -> tuple[float, float, int]:
     """Mean and standard error of the per-episode differences returns[i] - base[i] of two
-    evaluations on the same seeds (each seed's episode starts the same way for both)."""
+    evaluations on the same seeds (each seed's episode starts the same way for both), and on how
+    many seeds `returns` is ahead."""
     diffs = [a - b for a, b in zip(returns, base, strict=True)]
-    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    err = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return statistics.mean(diffs), err, sum(d > 0 for d in diffs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         if base_returns is None:
             base_returns, paired = ev.returns, "-"
         else:
-            diff, err = paired_difference(ev.returns, base_returns)
-            paired = f"{diff:+.1f} ± {err:.1f}"
+            diff, err, ahead = paired_difference(ev.returns, base_returns)
+            paired = f"{diff:+.1f} ± {err:.1f}, ahead on {ahead} of {len(ev.returns)}"
+        # each episode's return, seed order, to pair with later branches of the same point
+        (dst / "branch_eval.json").write_text(json.dumps(
+            {"eval_seed": args.eval_seed, "checkpoint": ev.checkpoint, "returns": ev.returns}) + "\n")
         rows.append([v.name, settings, f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
                      f"{ev.mean_length:.1f}", fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]),
                      fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["update_s"], 3), f"{seconds:.0f}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,11 @@ def test_branches_continue_the_checkpoint_and_the_control_is_the_run_continued(t
     diffs = [f - c for f, c in zip(evals["fast"].returns, evals["control"].returns, strict=True)]
     mean = sum(diffs) / 3
     err = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3**0.5
-    assert f"± {evals['fast'].std_return:.1f} | {mean:+.1f} ± {err:.1f} |" in printed
+    ahead = sum(d > 0 for d in diffs)
+    assert f"± {evals['fast'].std_return:.1f} | {mean:+.1f} ± {err:.1f}, ahead on {ahead} of 3 |" in printed
+    for name in ("control", "fast"):  # each episode's return kept beside the branch
+        saved = json.loads((out / name / "branch_eval.json").read_text())
+        assert saved["returns"] == evals[name].returns and saved["eval_seed"] == 2_000_000
     assert f"± {evals['control'].std_return:.1f} | - |" in printed
     assert _curve(out / "control") == _curve(straight)
     control_w = checkpoint.require_latest(out / "control")[1]["model"]
