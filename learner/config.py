@@ -94,8 +94,8 @@ class PPOConfig:
     k the milestones passed, e.g. `--set ppo.lr_milestones=15000000`. An update trains at the
     rate of the env steps before its batch, so a milestone at a checkpoint's env steps gives the
     run that resuming there with `--set ppo.lr=...` gives (tested). Meant for a run whose
-    evaluation has flattened: from one stalled biped run, 1e-4 led the constant 3e-4 in every
-    branch tried (docs/benchmarks.md, sessions 39-40)."""
+    evaluation has flattened: from two stalled biped runs, 1e-4 led the constant 3e-4 in all four
+    branches tried, 6-8 M env steps each (docs/benchmarks.md, sessions 39-40)."""
     lr_step_factor: float = 1 / 3
     """lr_schedule 'step': what the rate is multiplied by at each of lr_milestones."""
     lr_kl_target: float = 0.01
