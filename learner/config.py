@@ -92,8 +92,8 @@ class PPOConfig:
     lr_milestones: tuple[int, ...] = ()
     """lr_schedule 'step': the env steps (increasing) from which the rate is lr x lr_step_factor^k,
     k the milestones passed, e.g. `--set ppo.lr_milestones=15000000`. An update trains at the
-    rate of the env steps before its batch, so a milestone at a checkpoint's env steps gives the
-    run that resuming there with `--set ppo.lr=...` gives (tested). Meant for a run whose
+    rate of the env steps before its batch, so a milestone at a checkpoint's env steps lowers the
+    rate from the same update as resuming there with `--set ppo.lr=...` does (tested). Meant for a run whose
     evaluation has flattened: from two stalled biped runs, 1e-4 led the constant 3e-4 in all four
     branches tried, 6-8 M env steps each (docs/benchmarks.md, sessions 39-40)."""
     lr_step_factor: float = 1 / 3
