@@ -345,9 +345,9 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 
 
 def save(cfg: Config, path: Path) -> None:
-    data = cfg.to_dict()
-    data["model"]["hidden"] = list(data["model"]["hidden"])
-    data["ppo"]["lr_milestones"] = list(data["ppo"]["lr_milestones"])
+    # YAML's safe dumper has no tuples: every tuple field (model.hidden, ppo.lr_milestones) as a list
+    data = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+            for section, fields in cfg.to_dict().items()}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
