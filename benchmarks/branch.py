@@ -14,8 +14,10 @@ control; it is still one draw of a chaotic process, so branch several runs befor
 small difference.
 
 Printed per variant: its settings, the evaluation (mean ± std over the episodes; the mean
-per-seed difference from the first variant with its standard error, since every variant plays
-the same seeds; length, forward distance where the env has one), the training return and policy entropy over the last
+per-seed difference from the first variant with its standard error and the seeds it is ahead
+on, since every variant plays the same seeds, each branch's per-seed returns kept in
+DIR/NAME/branch_eval.json; length, forward distance where the env has one), the training
+return and policy entropy over the last
 tenth of the branch, and the branch's median approx KL and seconds per update. Compare by the
 evaluation: the training return is the stochastic policy's, so a setting that shrinks σ faster
 raises it without a better mean action (docs/benchmarks.md, session 39). Every variant's config
