@@ -81,8 +81,9 @@ class PPOConfig:
     lr, then after each update divide it by 1.5 if the update's approx KL exceeded 2 x
     lr_kl_target, multiply it by 1.5 if the KL stayed under half of it (kept within 1e-6..1e-2,
     checkpointed); 'step': lr until the first of lr_milestones, then multiplied by
-    lr_step_factor at each milestone. (Old configs' `anneal_lr: true/false` still load, as
-    'linear'/'constant'.)"""
+    lr_step_factor at each milestone; 'plateau': lr, multiplied by lr_step_factor each time the
+    training return stops rising (lr_plateau_window). (Old configs' `anneal_lr: true/false` still
+    load, as 'linear'/'constant'.)"""
     lr_decay_steps: int = 0
     """lr_schedule 'linear': the env steps over which the rate falls to 0, then stays there (0:
     train.total_steps). A horizon of its own makes the rate at a given step independent of the
@@ -97,7 +98,20 @@ class PPOConfig:
     evaluation has flattened: from two stalled biped runs, 1e-4 led the constant 3e-4 in all four
     branches tried, 6-8 M env steps each (docs/benchmarks.md, sessions 39-40)."""
     lr_step_factor: float = 1 / 3
-    """lr_schedule 'step': what the rate is multiplied by at each of lr_milestones."""
+    """lr_schedule 'step' and 'plateau': what the rate is multiplied by at each milestone or drop."""
+    lr_plateau_window: int = 2_000_000
+    """lr_schedule 'plateau': env steps per window. The training episodes' mean return in the latest
+    window is compared with the window before; when it is not ahead by lr_plateau_min_gain, the rate
+    is lowered and two fresh windows are needed before the next comparison (learner/lr_plateau.py)."""
+    lr_plateau_min_gain: float = 0.03
+    """lr_schedule 'plateau': the least rise of the windowed training return, as a fraction of the
+    earlier window's |mean|, that counts as still learning. With 2 M windows, 3% fires at 10.6 and
+    12.9 M env steps on the two stalled biped runs it was calibrated on, and at 21 M or later (or not
+    at all) on the recorded curves of five runs that reached 216; 5% also fires on four of those at
+    11-17 M (docs/benchmarks.md, session 41)."""
+    lr_plateau_max_drops: int = 1
+    """lr_schedule 'plateau': how many times the rate may be lowered. 1: what was measured on the
+    biped (3e-4 to 1e-4 after a plateau); a second drop has not been tried."""
     lr_kl_target: float = 0.01
     """lr_schedule 'adaptive': the approx KL per update the learning rate is steered towards."""
     clip_coef: float = 0.2
@@ -377,8 +391,8 @@ def validate(cfg: Config) -> None:
         f"(env.envs_per_actor {e.envs_per_actor} x rollout.fragment_length {r.fragment_length})",
     )
     _check(p.lr > 0, "ppo.lr", f"must be > 0, got {p.lr}")
-    _check(p.lr_schedule in ("linear", "constant", "adaptive", "step"), "ppo.lr_schedule",
-           f"must be 'linear', 'constant', 'adaptive' or 'step', got {p.lr_schedule!r}")
+    _check(p.lr_schedule in ("linear", "constant", "adaptive", "step", "plateau"), "ppo.lr_schedule",
+           f"must be 'linear', 'constant', 'adaptive', 'step' or 'plateau', got {p.lr_schedule!r}")
     _check(p.lr_schedule != "step" or len(p.lr_milestones) > 0, "ppo.lr_milestones",
            "lr_schedule 'step' needs at least one milestone (env steps)")
     _check(p.lr_schedule == "step" or not p.lr_milestones, "ppo.lr_milestones",
@@ -386,6 +400,10 @@ def validate(cfg: Config) -> None:
     _check(all(m > 0 for m in p.lr_milestones) and list(p.lr_milestones) == sorted(set(p.lr_milestones)),
            "ppo.lr_milestones", f"must be positive env steps in increasing order, got {list(p.lr_milestones)}")
     _check(p.lr_step_factor > 0, "ppo.lr_step_factor", f"must be > 0, got {p.lr_step_factor}")
+    _check(p.lr_plateau_window > 0, "ppo.lr_plateau_window", f"must be > 0 env steps, got {p.lr_plateau_window}")
+    _check(0 <= p.lr_plateau_min_gain < math.inf, "ppo.lr_plateau_min_gain",
+           f"must be finite and >= 0, got {p.lr_plateau_min_gain}")
+    _check(p.lr_plateau_max_drops >= 0, "ppo.lr_plateau_max_drops", f"must be >= 0, got {p.lr_plateau_max_drops}")
     _check(p.lr_kl_target > 0, "ppo.lr_kl_target", f"must be > 0, got {p.lr_kl_target}")
     _check(p.reward_scale > 0, "ppo.reward_scale", f"must be > 0, got {p.reward_scale}")
     _check(p.ent_decay_steps >= 0, "ppo.ent_decay_steps", f"must be >= 0, got {p.ent_decay_steps}")

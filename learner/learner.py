@@ -6,6 +6,7 @@ Knows nothing of Ray: `update(fragments)` takes `Trajectory` objects from wherev
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from typing import Any
@@ -19,8 +20,11 @@ from actors.trajectory import Trajectory, Weights
 from learner.config import Config, learner_threads
 from learner.cuda_graph import GraphCache
 from learner.gae import compute_gae
+from learner.lr_plateau import ReturnPlateau
 from learner.normalizer import RunningMeanStd
 from learner.ppo import LR_BOUNDS, Batch, Mirror, adapt_beta, adapt_lr, entropy_coef, explained_variance, ppo_update
+
+log = logging.getLogger("stride")
 
 
 def stack_fragments(fragments: list[Trajectory]) -> dict[str, np.ndarray]:
@@ -131,6 +135,8 @@ class Learner:
         self.return_acc: dict[int, np.ndarray] = {}  # worker id -> running discounted return [B]
         self.beta = cfg.ppo.kl_beta
         self.adaptive_lr = min(max(cfg.ppo.lr, LR_BOUNDS[0]), LR_BOUNDS[1])  # lr_schedule 'adaptive'
+        p = cfg.ppo
+        self.plateau = ReturnPlateau(p.lr_plateau_window, p.lr_plateau_min_gain, p.lr_plateau_max_drops)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.version = 0
         maps = mirror_maps(cfg.env.id) if cfg.ppo.mirror_coef > 0 else None  # validate() checked it exists
@@ -153,6 +159,8 @@ class Learner:
             return self.adaptive_lr
         if p.lr_schedule == "step":
             return p.lr * p.lr_step_factor ** sum(env_steps >= m for m in p.lr_milestones)
+        if p.lr_schedule == "plateau":
+            return p.lr * p.lr_step_factor ** self.plateau.drops
         return p.lr * max(0.0, 1.0 - env_steps / (p.lr_decay_steps or self.cfg.train.total_steps))
 
     def reward_multiplier(self, fragments: list[Trajectory]) -> float:
@@ -245,6 +253,14 @@ class Learner:
             self.beta = adapt_beta(self.beta, stats["approx_kl"], self.cfg.ppo.kl_target)
         if self.cfg.ppo.lr_schedule == "adaptive":
             self.adaptive_lr = adapt_lr(self.adaptive_lr, stats["approx_kl"], self.cfg.ppo.lr_kl_target)
+        if self.cfg.ppo.lr_schedule == "plateau":  # from the next update on
+            drop = self.plateau.observe(env_steps, T * B, np.concatenate([f.episodes.returns for f in fragments]))
+            if drop is not None:
+                log.info("training return %.2f over the last %s env steps, %.2f over the %s before: a rise under "
+                         "%.0f%%, so the learning rate goes from %.3g to %.3g (drop %d of at most %d)",
+                         drop.latest_mean, f"{self.cfg.ppo.lr_plateau_window:,}", drop.earlier_mean,
+                         f"{self.cfg.ppo.lr_plateau_window:,}", 100 * self.cfg.ppo.lr_plateau_min_gain, lr,
+                         self.learning_rate(env_steps), drop.drops, self.cfg.ppo.lr_plateau_max_drops)
         with torch.no_grad():
             ev = explained_variance(values.reshape(-1), returns.reshape(-1))
         self.normalizer.update(raw_obs)
@@ -254,7 +270,8 @@ class Learner:
             torch.cuda.synchronize(dev)
         t2 = time.perf_counter()
         stats.update(
-            explained_variance=ev, lr=lr, kl_beta=beta_used, ent_coef=ent_coef, batch_size=float(T * B),
+            explained_variance=ev, lr=lr, lr_drops=float(self.plateau.drops), kl_beta=beta_used, ent_coef=ent_coef,
+            batch_size=float(T * B),
             reward_multiplier=reward_multiplier, **is_stats,
             time_gae=t1 - t0, time_update=t2 - t1,
             learner_samples_per_s=T * B / max(t2 - t0, 1e-9),
@@ -312,6 +329,7 @@ class Learner:
             "return_stats": self.return_stats.state_dict(),
             "beta": self.beta,
             "adaptive_lr": self.adaptive_lr,
+            "lr_plateau": self.plateau.state_dict(),
             "version": self.version,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -325,6 +343,8 @@ class Learner:
             self.return_stats.load_state_dict(state["return_stats"])
         self.beta = float(state["beta"])
         self.adaptive_lr = float(state.get("adaptive_lr", self.adaptive_lr))  # older checkpoints: none
+        if "lr_plateau" in state:  # older checkpoints: none (they had no 'plateau' schedule)
+            self.plateau.load_state_dict(state["lr_plateau"])
         self.version = int(state["version"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

@@ -138,6 +138,7 @@ def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Pat
     assert time_budget(None, {"ppo.lr_schedule": "adaptive"}) == {"train.total_steps": NO_STEP_LIMIT}
     stepped = {"ppo.lr_schedule": "step", "ppo.lr_milestones": "15e6"}  # its milestones are env steps, not a budget
     assert time_budget(None, stepped) == {"train.total_steps": NO_STEP_LIMIT}
+    assert time_budget(None, {"ppo.lr_schedule": "plateau"}) == {"train.total_steps": NO_STEP_LIMIT}
     with pytest.raises(C.ConfigError, match=r"^ppo.lr_schedule: 'linear' anneals over train.total_steps"):
         time_budget(None, {"ppo.lr_schedule": "linear"})
     # with a horizon of its own, a linear schedule needs no step budget

@@ -86,6 +86,10 @@ def test_lr_milestones_read_as_a_user_writes_them_and_survive_a_save(tmp_path: P
         ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "2000,1000"}, "ppo.lr_milestones"),
         ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "0"}, "ppo.lr_milestones"),
         ({"ppo.lr_schedule": "step", "ppo.lr_milestones": "1000", "ppo.lr_step_factor": 0}, "ppo.lr_step_factor"),
+        ({"ppo.lr_schedule": "plateau", "ppo.lr_plateau_window": 0}, "ppo.lr_plateau_window"),
+        ({"ppo.lr_schedule": "plateau", "ppo.lr_plateau_min_gain": -0.1}, "ppo.lr_plateau_min_gain"),
+        ({"ppo.lr_schedule": "plateau", "ppo.lr_plateau_min_gain": "inf"}, "ppo.lr_plateau_min_gain"),
+        ({"ppo.lr_schedule": "plateau", "ppo.lr_plateau_max_drops": -1}, "ppo.lr_plateau_max_drops"),
         ({"env.envs_per_actor": 0}, "env.envs_per_actor"),
         ({"env.id": "NoSuchEnv-v9"}, "env.id"),
         ({"env.id": "CartPole-v1"}, "env.id"),  # discrete actions

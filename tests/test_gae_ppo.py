@@ -359,6 +359,39 @@ def test_step_learning_rate_drops_by_the_factor_at_each_milestone() -> None:
     assert learner.update([_random_fragment(rng, 1, 1)], env_steps=100)["lr"] == pytest.approx(1.5e-4)
 
 
+def test_plateau_learning_rate_falls_when_the_training_return_stops_rising() -> None:
+    """lr_schedule 'plateau' in the learner: fragments of 32 env steps whose one finished episode
+    returns 10 every time, windows of 64 env steps. The comparison needs 128 steps (four updates,
+    at env steps 0-96), finds 10 short of 10 x 1.5 and halves the rate from the fifth update on;
+    the next one needs 128 fresh steps (updates at 128-224), halves it again from the update at
+    256, and max_drops 2 ends it there. A learner restored from a checkpoint's state goes on alike."""
+    import dataclasses
+
+    from actors.trajectory import EpisodeStats
+    from learner import config as C
+    from learner.learner import Learner
+
+    cfg = C.load(None, {"env.id": "Pendulum-v1", "ppo.epochs": 1, "ppo.minibatches": 2, "ppo.lr": 4e-4,
+                        "ppo.lr_schedule": "plateau", "ppo.lr_plateau_window": 64, "ppo.lr_plateau_min_gain": 0.5,
+                        "ppo.lr_plateau_max_drops": 2, "ppo.lr_step_factor": 0.5})
+    C.validate(cfg)
+    rng = np.random.default_rng(11)
+
+    def frag(learner: Learner) -> Trajectory:
+        episode = EpisodeStats(np.array([10.0]), np.array([5]), ("fell",))
+        return dataclasses.replace(_random_fragment(rng, act_dim=1, version=learner.version), episodes=episode)
+
+    learner = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    stats = [learner.update([frag(learner)], env_steps=32 * i) for i in range(7)]
+    restored = Learner(cfg, obs_dim=3, act_dim=1, device="cpu")
+    restored.load_state_dict(learner.state_dict())
+    stats += [learner.update([frag(learner)], env_steps=32 * i) for i in range(7, 12)]
+    assert [s["lr"] for s in stats] == pytest.approx([4e-4] * 4 + [2e-4] * 4 + [1e-4] * 4)
+    assert [s["lr_drops"] for s in stats] == [0.0] * 3 + [1.0] * 4 + [2.0] * 5  # counted after the update
+    again = [restored.update([frag(restored)], env_steps=32 * i)["lr"] for i in range(7, 12)]
+    assert again == pytest.approx([2e-4] + [1e-4] * 4)
+
+
 def test_adaptive_learning_rate_rule() -> None:
     """lr / 1.5 above 2x the KL target, x 1.5 below half of it, unchanged inside the band and on
     its edges, and held within LR_BOUNDS."""
