@@ -86,3 +86,30 @@ def test_a_restored_rule_makes_the_same_decisions() -> None:
     a, b = feed(first, returns[21:], first=21 * 50), feed(second, returns[21:], first=21 * 50)
     assert a == b and first.drops == second.drops
     assert sum(d is not None for d in a) >= 2  # the continuation did decide something
+
+
+def test_replaying_a_metrics_record_gives_the_drops_the_learner_would_make(tmp_path, capsys) -> None:
+    """benchmarks/plateau_replay.py rebuilds each batch from metrics.jsonl's episode count and mean
+    return: the first test's batches (with an update where no episode ended, mean null) give the
+    same drop, printed with its env steps and the two means."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "plateau_replay", Path(__file__).resolve().parents[1] / "benchmarks" / "plateau_replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    batches = [[10.0], [], [10.0], [10.0, 11.0], [10.5, 10.0, 10.5]]
+    starts = [0, 25, 50, 100, 150]
+    sizes = [25, 25, 50, 50, 50]
+    records = [{"iteration": i + 1, "env_steps": s + n, "iteration_steps": n, "episodes": len(r),
+                "episode_return_mean": float(np.mean(r)) if r else None}
+               for i, (r, s, n) in enumerate(zip(batches, starts, sizes, strict=True))]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert replay.replay(records, 100, 0.1, 3) == [Drop(200, pytest.approx(10.0), pytest.approx(10.4), 1)]
+    assert replay.main([str(run), "--window", "100", "--min-gain", "0.1,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {run} | 200 | 0.1 | 200: 10.00 -> 10.40 |" in out
+    assert f"| {run} | 200 | 0.5 | 200: 10.00 -> 10.40 |" in out  # 10.4 < 15 as well
