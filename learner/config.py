@@ -94,9 +94,9 @@ class PPOConfig:
     """lr_schedule 'step': the env steps (increasing) from which the rate is lr x lr_step_factor^k,
     k the milestones passed, e.g. `--set ppo.lr_milestones=15000000`. An update trains at the
     rate of the env steps before its batch, so a milestone at a checkpoint's env steps lowers the
-    rate from the same update as resuming there with `--set ppo.lr=...` does (tested). Meant for a run whose
-    evaluation has flattened: from two stalled biped runs, 1e-4 led the constant 3e-4 in all four
-    branches tried, 6-8 M env steps each (docs/benchmarks.md, sessions 39-40)."""
+    rate from the same update as resuming there with `--set ppo.lr=...` does (tested). On the biped,
+    1e-4 led the constant 3e-4 in all seven branches tried 15-18 M steps into three runs, two stalled
+    and one still climbing, 6-8 M env steps each (docs/benchmarks.md, sessions 39-41)."""
     lr_step_factor: float = 1 / 3
     """lr_schedule 'step' and 'plateau': what the rate is multiplied by at each milestone or drop."""
     lr_plateau_window: int = 2_000_000
