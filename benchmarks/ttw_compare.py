@@ -115,12 +115,14 @@ NOT_A_SETTING = {"train.seed", "train.max_seconds", "train.total_steps", "train.
 def setting(run_dir: Path) -> str:
     """How the run's config.yaml differs from what `stride bench time-to-walk` runs with no
     `--set` ("a.b=v, ..."), or "defaults". The baseline is the trainer's defaults with the
-    experiment's own time budget applied (a constant learning rate), so a run that asked for
-    another schedule is tallied apart instead of with the defaults."""
+    experiment's own time budget applied (for the biped, the `step` schedule since session 42; a
+    constant rate before), so a run that asked for another schedule is tallied apart instead of
+    with the defaults. Milestones are not a difference of a run whose schedule has none."""
     saved = C.load(run_dir / "config.yaml").to_dict()
     default = C.load(None, time_budget(None, {})).to_dict()
+    ignored = set() if saved["ppo"]["lr_schedule"] == "step" else {"ppo.lr_milestones"}
     diffs = [f"{sec}.{key}={value}" for sec, fields in saved.items() for key, value in fields.items()
-             if f"{sec}.{key}" not in NOT_A_SETTING and default[sec][key] != value]
+             if f"{sec}.{key}" not in NOT_A_SETTING | ignored and default[sec][key] != value]
     return ", ".join(diffs) or "defaults"
 
 

@@ -128,11 +128,27 @@ def test_time_to_walk_can_stop_on_the_periodic_evaluation(tmp_path: Path) -> Non
 
 def test_time_budget_lifts_the_step_limit_only_where_none_is_given(tmp_path: Path) -> None:
     """`stride bench time-to-walk --max-seconds 3600` with the built-in config used to stop at its
-    3 M steps after a few minutes; now time bounds it, at a constant learning rate."""
+    3 M steps after a few minutes; now time bounds it, with a schedule that needs no horizon: the
+    biped's rate lowered at 15 M and 22 M env steps, any other env's constant."""
     from learner.config import NO_STEP_LIMIT
     from services.time_to_walk import time_budget
 
-    assert time_budget(None, {}) == {"train.total_steps": NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}
+    biped = {"train.total_steps": NO_STEP_LIMIT, "ppo.lr_schedule": "step", "ppo.lr_milestones": "15000000,22000000"}
+    assert time_budget(None, {}) == biped
+    assert time_budget(None, {"env.id": "actors.envs:stride/BipedWalker-v0"}) == biped  # Gymnasium's module form
+    cfg = C.load(None, biped)
+    assert cfg.ppo.lr_milestones == (15_000_000, 22_000_000) and cfg.ppo.lr_step_factor == pytest.approx(1 / 3)
+    # the user's own factor goes with the milestones; the user's own milestones are not replaced
+    assert time_budget(None, {"ppo.lr_step_factor": "0.5"}) == biped
+    assert time_budget(None, {"ppo.lr_milestones": "5e6"}) == {"train.total_steps": NO_STEP_LIMIT,
+                                                               "ppo.lr_schedule": "constant"}
+    with pytest.raises(C.ConfigError, match="^ppo.lr_milestones"):  # ... so a milestone without 'step' is refused
+        C.validate(C.load(None, {"ppo.lr_milestones": "5e6", **time_budget(None, {"ppo.lr_milestones": "5e6"})}))
+    assert time_budget(None, {"env.id": "Walker2d-v5"}) == {"train.total_steps": NO_STEP_LIMIT,
+                                                            "ppo.lr_schedule": "constant"}
+    walker = tmp_path / "walker.yaml"
+    walker.write_text("env:\n  id: Walker2d-v5\n")
+    assert time_budget(walker, {})["ppo.lr_schedule"] == "constant"
     assert time_budget(None, {"train.total_steps": "38000000"}) == {}
     assert time_budget(ROOT / "configs" / "pendulum.yaml", {}) == {}  # the file gives total_steps
     assert time_budget(None, {"ppo.lr_schedule": "adaptive"}) == {"train.total_steps": NO_STEP_LIMIT}

@@ -99,6 +99,7 @@ def test_fisher_two_sided_matches_a_hand_count() -> None:
 
 def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
     from learner import config as C
+    from services.time_to_walk import time_budget
 
     base = _run(tmp_path)
     runs = []
@@ -109,9 +110,9 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
         run = tmp_path / name
         run.mkdir()
         (run / "metrics.jsonl").write_text((base / "metrics.jsonl").read_text())
-        # What time-to-walk sets for itself (no step limit, constant rate, a budget, a seed) is no setting.
-        C.save(C.load(None, {**overrides, "train.seed": seed, "train.total_steps": C.NO_STEP_LIMIT,
-                             "ppo.lr_schedule": "constant", "train.max_seconds": 3600}), run / "config.yaml")
+        # What time-to-walk sets for itself (no step limit, its rate schedule, a budget, a seed) is no setting.
+        C.save(C.load(None, {**overrides, "train.seed": seed, "train.max_seconds": 3600,
+                             **time_budget(None, overrides)}), run / "config.yaml")
         (run / "time_to_walk.json").write_text(json.dumps(
             {"reached": reached, "wall_seconds": 60 * minutes, "eval_return": 220.0 if reached else 150.0,
              "eval_return_std": 40.0, "interrupted": False}))
@@ -123,6 +124,12 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
     annealed.mkdir()
     C.save(C.load(None, {"train.total_steps": 40_000_000, "train.max_seconds": 3600}), annealed / "config.yaml")
     assert ttw.setting(annealed) == "ppo.lr_schedule=linear"
+    # The biped's time-bounded runs before session 42 kept the rate constant: now a setting of its own.
+    constant = tmp_path / "constant"
+    constant.mkdir()
+    C.save(C.load(None, {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}),
+           constant / "config.yaml")
+    assert ttw.setting(constant) == "ppo.lr_schedule=constant"
     assert ttw.main([str(r) for r in runs]) == 0
     out = capsys.readouterr().out
     assert "| defaults | 3 | 1 (33%) | 35.5 | - |" in out
