@@ -96,7 +96,8 @@ class PPOConfig:
     rate of the env steps before its batch, so a milestone at a checkpoint's env steps lowers the
     rate from the same update as resuming there with `--set ppo.lr=...` does (tested). On the biped,
     1e-4 led the constant 3e-4 in all seven branches tried 15-18 M steps into three runs, two stalled
-    and one still climbing, 6-8 M env steps each (docs/benchmarks.md, sessions 39-41)."""
+    and one still climbing, 6-8 M env steps each (docs/benchmarks.md, sessions 39-41); `stride bench
+    time-to-walk` uses 15 M and 22 M on the biped unless given a schedule (services/time_to_walk.py)."""
     lr_step_factor: float = 1 / 3
     """lr_schedule 'step' and 'plateau': what the rate is multiplied by at each milestone or drop."""
     lr_plateau_window: int = 2_000_000

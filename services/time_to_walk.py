@@ -209,7 +209,7 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
     2-core Xeon, session 42: docs/benchmarks.md.) A linear schedule asked for explicitly without a
     step budget is refused, naming the field, unless ppo.lr_decay_steps gives it a horizon.
     """
-    from actors.envs import is_biped  # Gymnasium: loaded here, once the options are checked
+    from actors.envs import is_biped  # with Gymnasium (~0.25 s): only where a time budget is worked out
 
     given = {**(C.read_file(config_path) if config_path is not None else {}), **overrides}
     if "train.total_steps" in given:
