@@ -221,13 +221,14 @@ def time_budget(config_path: str | Path | None, overrides: dict[str, Any]) -> di
             raise C.ConfigError("ppo.lr_schedule: 'linear' anneals over train.total_steps; give "
                                 "train.total_steps or ppo.lr_decay_steps (--set ...=N), or use 'constant'")
         return {"train.total_steps": C.NO_STEP_LIMIT}
+    schedule: dict[str, Any] = {"ppo.lr_schedule": "constant"}
+    how = "constant learning rate"
     if is_biped(str(given.get("env.id", C.EnvConfig.id))) and "ppo.lr_milestones" not in given:
         milestones = ",".join(str(m) for m in BIPED_LR_MILESTONES)
-        log.info("no train.total_steps given: time-bounded (--max-seconds); the learning rate is "
-                 "lowered at %s env steps (ppo.lr_schedule=step)", milestones)
-        return {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "step", "ppo.lr_milestones": milestones}
-    log.info("no train.total_steps given: time-bounded (--max-seconds), constant learning rate")
-    return {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}
+        schedule = {"ppo.lr_schedule": "step", "ppo.lr_milestones": milestones}
+        how = f"learning rate lowered at {milestones} env steps (ppo.lr_schedule=step)"
+    log.info("no train.total_steps given: time-bounded (--max-seconds), %s", how)
+    return {"train.total_steps": C.NO_STEP_LIMIT, **schedule}
 
 
 def time_to_walk(cfg: C.Config, run_dir: Path, threshold: float, window: int = 5, episodes: int = 10,
