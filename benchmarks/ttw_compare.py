@@ -16,6 +16,10 @@ by what it had learned after the same number of env steps. Printed per run folde
 - the reach rate per setting (the finished runs grouped by how their config.yaml differs from
   the defaults, seed and time budget aside), with Fisher's exact test against the first
   setting listed: one run per seed says little, a rate over several runs is the comparison.
+  Each row lists the time budgets (`train.max_seconds`) of its runs. `--within MINUTES` makes
+  the rate "reached within MINUTES": a run that reached later counts as not reached, and a run
+  whose budget was shorter and that did not reach is left out (it never had the time, so it is
+  neither; the row says how many).
 A line a crash left half written is skipped, as a resume skips it.
 """
 
@@ -126,6 +130,11 @@ def setting(run_dir: Path) -> str:
     return ", ".join(diffs) or "defaults"
 
 
+def budget_seconds(run_dir: Path) -> float:
+    """The experiment's whole time budget (config.yaml's train.max_seconds; 0: none)."""
+    return float(C.load(run_dir / "config.yaml").train.max_seconds)
+
+
 def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:
     """Fisher's exact test, two-sided, of a/n1 against c/n2 successes: the probability, given
     the margins, of a table no more likely than the one observed."""
@@ -139,20 +148,35 @@ def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:
     return min(1.0, sum(p for x in tables if (p := prob(x)) <= observed * (1 + 1e-9)))
 
 
-def tally_rows(finished: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
-    """One row per setting, in order of first appearance: runs, reached, median minutes of those
-    that reached, and Fisher's p against the first setting."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for name, result in finished:
-        groups.setdefault(name, []).append(result)
+def reached_within(result: dict[str, Any], budget_s: float, within_s: float | None) -> bool | None:
+    """Whether a finished run reached the threshold within `within_s` seconds (any time if None);
+    None where it did not reach and its budget (0: none) was shorter than that: it never had the time."""
+    if within_s is None:
+        return bool(result["reached"])
+    if result["reached"]:
+        return bool(result["wall_seconds"] <= within_s)
+    return False if budget_s <= 0 or budget_s >= within_s else None
+
+
+def tally_rows(finished: list[tuple[str, dict[str, Any], float]], within_s: float | None = None) -> list[list[str]]:
+    """One row per setting, in order of first appearance, from (setting, result, budget in
+    seconds) per run: runs counted, reached (within `within_s` if given), median minutes of
+    those, the budgets in minutes, runs left out for a budget shorter than `within_s`, and
+    Fisher's p against the first setting."""
+    groups: dict[str, list[tuple[bool | None, dict[str, Any], float]]] = {}
+    for name, result, budget_s in finished:
+        groups.setdefault(name, []).append((reached_within(result, budget_s, within_s), result, budget_s))
     rows, first = [], None
-    for name, results in groups.items():
-        n, hits = len(results), sum(bool(r["reached"]) for r in results)
-        minutes = [r["wall_seconds"] / 60 for r in results if r["reached"]]
-        p = "-" if first is None else f"{fisher_two_sided(hits, n, *first):.2f}"
-        first = first or (hits, n)
+    for name, runs in groups.items():
+        counted = [(hit, r) for hit, r, _ in runs if hit is not None]
+        n, hits = len(counted), sum(bool(hit) for hit, _ in counted)
+        minutes = [r["wall_seconds"] / 60 for hit, r in counted if hit]
+        p = "-" if first is None or n == 0 else f"{fisher_two_sided(hits, n, *first):.2f}"
+        first = first or ((hits, n) if n else None)
         median = f"{statistics.median(minutes):.1f}" if minutes else "-"
-        rows.append([name, str(n), f"{hits} ({hits / n:.0%})", median, p])
+        budgets = ", ".join(f"{b / 60:g}" if b > 0 else "none" for b in sorted({b for *_, b in runs}))
+        rate = f"{hits} ({hits / n:.0%})" if n else "0"
+        rows.append([name, str(n), rate, median, budgets, str(len(runs) - n), p])
     return rows
 
 
@@ -167,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="time-to-walk run folders")
     parser.add_argument("--marks", default="5,10,15,20,25,30", help="millions of env steps, comma-separated")
     parser.add_argument("--window", type=float, default=0.5, help="millions of env steps averaged before each mark")
+    parser.add_argument("--within", type=float, default=None, metavar="MINUTES",
+                        help="tally 'reached within MINUTES' (runs with a shorter budget that missed: left out)")
     args = parser.parse_args(argv)
     try:
         marks = [float(m) * 1e6 for m in args.marks.split(",")]
     except ValueError:
         parser.error(f"--marks must be numbers separated by commas, got {args.marks!r}")
+    if args.within is not None and not args.within > 0:
+        parser.error(f"--within must be a positive number of minutes, got {args.within:g}")
     loaded = []  # (folder, records, curve, result) of the folders whose run wrote a record
     for run in args.runs:
         if not (run / "metrics.jsonl").is_file():
@@ -203,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     if len({tuple(cpus) for _, cpus, _ in ran_on}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
-    finished = [(setting(run), res) for run, _, _, res in loaded
+    finished = [(setting(run), res, budget_seconds(run)) for run, _, _, res in loaded
                 if res is not None and not res.get("interrupted") and (run / "config.yaml").is_file()]
     if finished:
+        within = f" within {args.within:g} min" if args.within else ""
         print()
-        print(table(["setting", "runs", "reached", "median minutes (reached)", "Fisher p against the first"],
-                    tally_rows(finished)))
+        print(table(["setting", "runs", f"reached{within}", "median minutes (reached)", "budgets (min)",
+                     "left out (shorter budget, not reached)", "Fisher p against the first"],
+                    tally_rows(finished, args.within * 60 if args.within else None)))
     return 0
 
 

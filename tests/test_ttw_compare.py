@@ -132,8 +132,40 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
     assert ttw.setting(constant) == "ppo.lr_schedule=constant"
     assert ttw.main([str(r) for r in runs]) == 0
     out = capsys.readouterr().out
-    assert "| defaults | 3 | 1 (33%) | 35.5 | - |" in out
+    assert "| defaults | 3 | 1 (33%) | 35.5 | 60 | 0 | - |" in out
     # 2 of 2 against 1 of 3: the tables a = 0, 1, 2 weigh 1, 6, 3 of 10, so p = (1 + 3) / 10
     p = ttw.fisher_two_sided(2, 2, 1, 3)
     assert p == pytest.approx(0.4)
-    assert f"| ppo.ent_coef=0.0, model.hidden=(256, 256) | 2 | 2 (100%) | 42.8 | {p:.2f} |" in out
+    assert f"| ppo.ent_coef=0.0, model.hidden=(256, 256) | 2 | 2 (100%) | 42.8 | 60 | 0 | {p:.2f} |" in out
+
+
+def test_reached_within_counts_late_runs_as_not_reached_and_leaves_out_short_budgets() -> None:
+    def result(reached: bool, minutes: float) -> dict:
+        return {"reached": reached, "wall_seconds": 60 * minutes}
+
+    hour = 3600.0
+    assert ttw.reached_within(result(True, 45.7), 3600, hour) is True
+    assert ttw.reached_within(result(True, 70.0), 5400, hour) is False  # reached, but after the hour
+    assert ttw.reached_within(result(False, 60.1), 3600, hour) is False  # had the hour, did not reach
+    assert ttw.reached_within(result(False, 35.1), 2100, hour) is None  # 35 minutes: never had the hour
+    assert ttw.reached_within(result(False, 80.0), 0, hour) is False  # no budget: it had all the time
+    assert ttw.reached_within(result(False, 35.1), 2100, None) is False  # no --within: as the run reported
+    finished = [("step", result(True, 45.7), 3600.0), ("step", result(False, 60.1), 3600.0),
+                ("step", result(True, 70.0), 5400.0),
+                ("constant", result(False, 35.1), 2100.0), ("constant", result(False, 40.1), 2400.0),
+                ("constant", result(True, 35.5), 3600.0), ("constant", result(False, 60.0), 3600.0)]
+    rows = ttw.tally_rows(finished, hour)
+    # step: 1 of 3 within the hour (the 70-minute reach counts as a miss); constant: the two short
+    # budgets that did not reach are left out, 1 of 2 counted. Tables a = 0, 1, 2 weigh 3, 6, 1 of 10.
+    p = ttw.fisher_two_sided(1, 2, 1, 3)
+    assert p == pytest.approx(1.0)
+    assert rows == [["step", "3", "1 (33%)", "45.7", "60, 90", "0", "-"],
+                    ["constant", "2", "1 (50%)", "35.5", "35, 40, 60", "2", f"{p:.2f}"]]
+    # Without --within every finished run counts as it reported itself, whatever its budget.
+    assert [row[1:3] for row in ttw.tally_rows(finished)] == [["3", "2 (67%)"], ["4", "1 (25%)"]]
+
+
+def test_within_must_be_positive(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        ttw.main([str(_run(tmp_path)), "--within", "0"])
+    assert "--within must be a positive number of minutes, got 0" in capsys.readouterr().err
