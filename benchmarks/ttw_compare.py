@@ -18,8 +18,8 @@ by what it had learned after the same number of env steps. Printed per run folde
   setting listed: one run per seed says little, a rate over several runs is the comparison.
   Each row lists the time budgets (`train.max_seconds`) of its runs. `--within MINUTES` makes
   the rate "reached within MINUTES": a run that reached later counts as not reached, and a run
-  whose budget was shorter and that did not reach is left out (it never had the time, so it is
-  neither; the row says how many).
+  that did not reach and did not run that long (a shorter time budget, or a step budget spent
+  sooner) is left out (it never had the time, so it is neither; the row says how many).
 A line a crash left half written is skipped, as a resume skips it.
 """
 
@@ -150,12 +150,13 @@ def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:
 
 def reached_within(result: dict[str, Any], budget_s: float, within_s: float | None) -> bool | None:
     """Whether a finished run reached the threshold within `within_s` seconds (any time if None);
-    None where it did not reach and its budget (0: none) was shorter than that: it never had the time."""
+    None where it did not reach and neither its time budget (0: none) nor the time it ran came to
+    `within_s` (a shorter budget, or a step budget spent sooner): it never had the time."""
     if within_s is None:
         return bool(result["reached"])
     if result["reached"]:
         return bool(result["wall_seconds"] <= within_s)
-    return False if budget_s <= 0 or budget_s >= within_s else None
+    return False if budget_s >= within_s or result["wall_seconds"] >= within_s else None
 
 
 def tally_rows(finished: list[tuple[str, dict[str, Any], float]], within_s: float | None = None) -> list[list[str]]:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marks", default="5,10,15,20,25,30", help="millions of env steps, comma-separated")
     parser.add_argument("--window", type=float, default=0.5, help="millions of env steps averaged before each mark")
     parser.add_argument("--within", type=float, default=None, metavar="MINUTES",
-                        help="tally 'reached within MINUTES' (runs with a shorter budget that missed: left out)")
+                        help="tally 'reached within MINUTES' (runs that missed without running that long: left out)")
     args = parser.parse_args(argv)
     try:
         marks = [float(m) * 1e6 for m in args.marks.split(",")]

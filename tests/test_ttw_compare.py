@@ -148,7 +148,8 @@ def test_reached_within_counts_late_runs_as_not_reached_and_leaves_out_short_bud
     assert ttw.reached_within(result(True, 70.0), 5400, hour) is False  # reached, but after the hour
     assert ttw.reached_within(result(False, 60.1), 3600, hour) is False  # had the hour, did not reach
     assert ttw.reached_within(result(False, 35.1), 2100, hour) is None  # 35 minutes: never had the hour
-    assert ttw.reached_within(result(False, 80.0), 0, hour) is False  # no budget: it had all the time
+    assert ttw.reached_within(result(False, 80.0), 0, hour) is False  # no time budget, ran past the hour
+    assert ttw.reached_within(result(False, 20.0), 0, hour) is None  # its step budget ended it at 20 minutes
     assert ttw.reached_within(result(False, 35.1), 2100, None) is False  # no --within: as the run reported
     finished = [("step", result(True, 45.7), 3600.0), ("step", result(False, 60.1), 3600.0),
                 ("step", result(True, 70.0), 5400.0),
