@@ -26,6 +26,7 @@ A line a crash left half written is skipped, as a resume skips it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -116,23 +117,23 @@ NOT_A_SETTING = {"train.seed", "train.max_seconds", "train.total_steps", "train.
                  "train.run_id", "train.video", "train.metrics_port", "train.address"}
 
 
-def setting(run_dir: Path) -> str:
-    """How the run's config.yaml differs from what `stride bench time-to-walk` runs with no
-    `--set` ("a.b=v, ..."), or "defaults". The baseline is the trainer's defaults with the
+@functools.cache
+def baseline() -> dict[str, dict[str, Any]]:
+    """What `stride bench time-to-walk` runs with no `--set`, as Config.to_dict gives it."""
+    return C.load(None, time_budget(None, {})).to_dict()
+
+
+def setting(run_config: C.Config) -> str:
+    """How a run's config (its config.yaml, loaded) differs from what `stride bench time-to-walk`
+    runs with no `--set` ("a.b=v, ..."), or "defaults". The baseline is the trainer's defaults with the
     experiment's own time budget applied (for the biped, the `step` schedule since session 42; a
     constant rate before), so a run that asked for another schedule is tallied apart instead of
     with the defaults. Milestones are not a difference of a run whose schedule has none."""
-    saved = C.load(run_dir / "config.yaml").to_dict()
-    default = C.load(None, time_budget(None, {})).to_dict()
+    saved, default = run_config.to_dict(), baseline()
     ignored = set() if saved["ppo"]["lr_schedule"] == "step" else {"ppo.lr_milestones"}
     diffs = [f"{sec}.{key}={value}" for sec, fields in saved.items() for key, value in fields.items()
              if f"{sec}.{key}" not in NOT_A_SETTING | ignored and default[sec][key] != value]
     return ", ".join(diffs) or "defaults"
-
-
-def budget_seconds(run_dir: Path) -> float:
-    """The experiment's whole time budget (config.yaml's train.max_seconds; 0: none)."""
-    return float(C.load(run_dir / "config.yaml").train.max_seconds)
 
 
 def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:
@@ -161,9 +162,9 @@ def reached_within(result: dict[str, Any], budget_s: float, within_s: float | No
 
 def tally_rows(finished: list[tuple[str, dict[str, Any], float]], within_s: float | None = None) -> list[list[str]]:
     """One row per setting, in order of first appearance, from (setting, result, budget in
-    seconds) per run: runs counted, reached (within `within_s` if given), median minutes of
-    those, the budgets in minutes, runs left out for a budget shorter than `within_s`, and
-    Fisher's p against the first setting."""
+    seconds; config.yaml's train.max_seconds, 0: none) per run: runs counted, reached (within
+    `within_s` if given), median minutes of those, the budgets in minutes, runs left out (missed
+    without running `within_s`: reached_within), and Fisher's p against the first setting."""
     groups: dict[str, list[tuple[bool | None, dict[str, Any], float]]] = {}
     for name, result, budget_s in finished:
         groups.setdefault(name, []).append((reached_within(result, budget_s, within_s), result, budget_s))
@@ -232,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     if len({tuple(cpus) for _, cpus, _ in ran_on}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
-    finished = [(setting(run), res, budget_seconds(run)) for run, _, _, res in loaded
-                if res is not None and not res.get("interrupted") and (run / "config.yaml").is_file()]
+    finished = []  # (setting, result, time budget) of each finished run
+    for run, _, _, res in loaded:
+        if res is not None and not res.get("interrupted") and (run / "config.yaml").is_file():
+            cfg = C.load(run / "config.yaml")
+            finished.append((setting(cfg), res, cfg.train.max_seconds))
     if finished:
         within = f" within {args.within:g} min" if args.within else ""
         print()
         print(table(["setting", "runs", f"reached{within}", "median minutes (reached)", "budgets (min)",
-                     "left out (shorter budget, not reached)", "Fisher p against the first"],
+                     "left out (missed, ran shorter)", "Fisher p against the first"],
                     tally_rows(finished, args.within * 60 if args.within else None)))
     return 0
 

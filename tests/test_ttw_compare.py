@@ -117,19 +117,19 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
             {"reached": reached, "wall_seconds": 60 * minutes, "eval_return": 220.0 if reached else 150.0,
              "eval_return_std": 40.0, "interrupted": False}))
         runs.append(run)
-    assert ttw.setting(runs[0]) == "defaults"
-    assert ttw.setting(runs[3]) == "ppo.ent_coef=0.0, model.hidden=(256, 256)"
+    assert ttw.setting(C.load(runs[0] / "config.yaml")) == "defaults"
+    assert ttw.setting(C.load(runs[3] / "config.yaml")) == "ppo.ent_coef=0.0, model.hidden=(256, 256)"
     # A run given a step budget anneals its rate (the trainer's default schedule): another setting.
     annealed = tmp_path / "annealed"
     annealed.mkdir()
     C.save(C.load(None, {"train.total_steps": 40_000_000, "train.max_seconds": 3600}), annealed / "config.yaml")
-    assert ttw.setting(annealed) == "ppo.lr_schedule=linear"
+    assert ttw.setting(C.load(annealed / "config.yaml")) == "ppo.lr_schedule=linear"
     # The biped's time-bounded runs before session 42 kept the rate constant: now a setting of its own.
     constant = tmp_path / "constant"
     constant.mkdir()
     C.save(C.load(None, {"train.total_steps": C.NO_STEP_LIMIT, "ppo.lr_schedule": "constant"}),
            constant / "config.yaml")
-    assert ttw.setting(constant) == "ppo.lr_schedule=constant"
+    assert ttw.setting(C.load(constant / "config.yaml")) == "ppo.lr_schedule=constant"
     assert ttw.main([str(r) for r in runs]) == 0
     out = capsys.readouterr().out
     assert "| defaults | 3 | 1 (33%) | 35.5 | 60 | 0 | - |" in out
