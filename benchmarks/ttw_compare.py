@@ -164,17 +164,20 @@ def tally_rows(finished: list[tuple[str, dict[str, Any], float]], within_s: floa
     """One row per setting, in order of first appearance, from (setting, result, budget in
     seconds; config.yaml's train.max_seconds, 0: none) per run: runs counted, reached (within
     `within_s` if given), median minutes of those, the budgets in minutes, runs left out (missed
-    without running `within_s`: reached_within), and Fisher's p against the first setting."""
+    without running `within_s`: reached_within), and Fisher's p against the first setting ("-" on
+    its own row, and on every row when it has no run counted: the reference stays the first)."""
     groups: dict[str, list[tuple[bool | None, dict[str, Any], float]]] = {}
     for name, result, budget_s in finished:
         groups.setdefault(name, []).append((reached_within(result, budget_s, within_s), result, budget_s))
-    rows, first = [], None
+    rows: list[list[str]] = []
+    reference: tuple[int, int] | None = None  # the first setting's (reached, counted), if it counted any
     for name, runs in groups.items():
         counted = [(hit, r) for hit, r, _ in runs if hit is not None]
         n, hits = len(counted), sum(bool(hit) for hit, _ in counted)
         minutes = [r["wall_seconds"] / 60 for hit, r in counted if hit]
-        p = "-" if first is None or n == 0 else f"{fisher_two_sided(hits, n, *first):.2f}"
-        first = first or ((hits, n) if n else None)
+        p = "-" if not rows or reference is None or n == 0 else f"{fisher_two_sided(hits, n, *reference):.2f}"
+        if not rows:
+            reference = (hits, n) if n else None
         median = f"{statistics.median(minutes):.1f}" if minutes else "-"
         budgets = ", ".join(f"{b / 60:g}" if b > 0 else "none" for b in sorted({b for *_, b in runs}))
         rate = f"{hits} ({hits / n:.0%})" if n else "0"

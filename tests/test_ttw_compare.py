@@ -166,6 +166,25 @@ def test_reached_within_counts_late_runs_as_not_reached_and_leaves_out_short_bud
     assert [row[1:3] for row in ttw.tally_rows(finished)] == [["3", "2 (67%)"], ["4", "1 (25%)"]]
 
 
+def test_the_tally_keeps_the_first_setting_as_the_reference_even_with_no_run_counted() -> None:
+    def result(reached: bool, minutes: float) -> dict:
+        return {"reached": reached, "wall_seconds": 60 * minutes}
+
+    # constant comes first and all its runs had 35-40 minutes: nothing to test the others against,
+    # so no p anywhere (before, the next setting silently became the reference).
+    finished = [("constant", result(False, 35.1), 2100.0), ("constant", result(False, 40.1), 2400.0),
+                ("step", result(True, 45.7), 3600.0), ("step", result(False, 60.1), 3600.0),
+                ("early", result(False, 60.1), 3600.0), ("early", result(False, 60.2), 3600.0)]
+    rows = ttw.tally_rows(finished, 3600.0)
+    assert [row[0] for row in rows] == ["constant", "step", "early"]
+    assert [row[1:3] for row in rows] == [["0", "0"], ["2", "1 (50%)"], ["2", "0 (0%)"]]
+    assert [row[5:] for row in rows] == [["2", "-"], ["0", "-"], ["0", "-"]]
+    # With a counted first setting the others are tested against it: 1/2 against 0/2, p = 1.
+    rows = ttw.tally_rows(finished[2:], 3600.0)
+    assert [row[6] for row in rows] == ["-", f"{ttw.fisher_two_sided(0, 2, 1, 2):.2f}"]
+    assert ttw.fisher_two_sided(0, 2, 1, 2) == pytest.approx(1.0)
+
+
 def test_within_must_be_positive(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         ttw.main([str(_run(tmp_path)), "--within", "0"])
