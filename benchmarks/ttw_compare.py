@@ -12,7 +12,9 @@ by what it had learned after the same number of env steps. Printed per run folde
 - the second half's update diagnostics (median approx KL, clip fraction, seconds per update)
   and memory (learner RSS and the largest actor's, first and last record);
 - what each ran on (machine.jsonl: CPU, Torch's kernel set, the code's commit), with a warning
-  when they differ: on one machine a sync run repeats for a seed, across CPUs it does not;
+  when they differ: on one machine a sync run repeats for a seed, across CPUs it does not; and how
+  fast it sampled up to 10 M env steps (where every biped schedule still trains at 3e-4), with a
+  warning when that differs by more than 20%: the same CPU model is not the same speed every day;
 - the reach rate per setting (the finished runs grouped by how their config.yaml differs from
   the defaults, seed and time budget aside), with Fisher's exact test against the first
   setting listed: one run per seed says little, a rate over several runs is the comparison.
@@ -80,6 +82,19 @@ def summary_row(name: str, records: list[dict[str, Any]], curve: list[EvalPoint]
         status = "running or stopped"
     rate = statistics.median(r["env_steps_per_s"] for r in records)
     return [name, status, f"{minutes:.1f}", f"{last['env_steps'] / 1e6:.1f}", f"{rate:,.0f}", final]
+
+
+# The machine's speed is read from the env steps/s up to here: every biped schedule compared so far
+# (constant, step at 15 M / 22 M, early milestones at 10 M) trains at 3e-4 until 10 M, and a lower
+# rate makes each update longer (more epochs before target_kl), so a later window would measure the
+# schedule as well as the machine.
+SPEED_UPTO = 10_000_000
+
+
+def early_speed(records: list[dict[str, Any]]) -> float | None:
+    """Median env steps/s of the iterations up to SPEED_UPTO env steps (None if none)."""
+    rates = [r["env_steps_per_s"] for r in records if r["env_steps"] <= SPEED_UPTO]
+    return statistics.median(rates) if rates else None
 
 
 def diagnostics_row(name: str, records: list[dict[str, Any]]) -> list[str]:
@@ -230,12 +245,22 @@ def main(argv: list[str] | None = None) -> int:
                 [diagnostics_row(run.name, recs) for run, recs, _, _ in loaded]))
     print()
     ran_on = [(run, machines(run), code_versions(run)) for run, *_ in loaded]
-    print(table(["run", "machine (Torch kernels)", "code"],
-                [[run.name, " + ".join(cpus) or "not recorded", " + ".join(code) or "-"]
-                 for run, cpus, code in ran_on]))
+    speeds = [early_speed(recs) for _, recs, _, _ in loaded]
+    print(table(["run", "machine (Torch kernels)", "code", f"env steps/s to {SPEED_UPTO / 1e6:g} M (median)"],
+                [[run.name, " + ".join(cpus) or "not recorded", " + ".join(code) or "-",
+                  "-" if speed is None else f"{speed:,.0f}"]
+                 for (run, cpus, code), speed in zip(ran_on, speeds, strict=True)]))
     if len({tuple(cpus) for _, cpus, _ in ran_on}) > 1:
         print("\nnote: these runs did not all run on one recorded machine; the same seed on another CPU "
               "is another run, so compare them as draws, not as pairs")
+    known = [v for v in speeds if v is not None]
+    if known and max(known) > 1.2 * min(known):
+        # One CPU model is not one speed: the same VM has sampled 30% faster on one afternoon than on
+        # the morning before, so minutes to a threshold carry the day's speed as well as the setting.
+        print(f"\nnote: these runs sampled at {min(known):,.0f} to {max(known):,.0f} env steps/s up to "
+              f"{SPEED_UPTO / 1e6:g} M env steps, where every biped schedule still trains at 3e-4: minutes "
+              "(and reach within minutes) carry that speed, mostly the machine's on the day, as well as the "
+              "setting; the marks at env steps do not")
     finished = []  # (setting, result, time budget) of each finished run
     for run, _, _, res in loaded:
         if res is not None and not res.get("interrupted") and (run / "config.yaml").is_file():

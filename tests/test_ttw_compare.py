@@ -85,7 +85,27 @@ def test_the_machines_table_warns_when_runs_ran_on_different_cpus(tmp_path: Path
     assert "did not all run on one recorded machine" in out
     (b / "machine.jsonl").write_text(start("AMD EPYC", "AVX2", "abc123", 0))
     ttw.main([str(a), str(b)])
-    assert "did not all run on one recorded machine" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "did not all run on one recorded machine" not in out
+    assert "| other | AMD EPYC (AVX2) | abc123 | 10,003 |" in out  # median of 10,001..10,005 (all under 10 M)
+    assert "sampled at" not in out  # the same speed: no warning
+
+
+def test_the_machines_table_warns_when_one_machine_ran_at_different_speeds(tmp_path: Path, capsys) -> None:
+    a = _run(tmp_path)
+    b = tmp_path / "faster"
+    b.mkdir()
+    recs = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()[:5]]
+    # 1.3x as fast up to 10 M; a record past 10 M (after a drop, slower) does not count
+    fast = [{**r, "env_steps_per_s": 1.3 * r["env_steps_per_s"]} for r in recs]
+    fast.append({**recs[-1], "iteration": 6, "env_steps": 10_400_000, "env_steps_per_s": 100.0})
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fast))
+    assert ttw.early_speed(fast) == pytest.approx(1.3 * 10_003)
+    assert ttw.early_speed(fast[-1:]) is None
+    assert ttw.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| faster | not recorded | - | 13,004 |" in out
+    assert "sampled at 10,003 to 13,004 env steps/s up to 10 M env steps" in out
 
 
 def test_fisher_two_sided_matches_a_hand_count() -> None:
