@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
               "is another run, so compare them as draws, not as pairs")
     known = [v for v in speeds if v is not None]
     if known and max(known) > 1.2 * min(known):
-        # One CPU model is not one speed: the same VM has sampled 30% faster on one afternoon than on
-        # the morning before, so minutes to a threshold carry the day's speed as well as the setting.
+        # One CPU model is not one speed: the same VM sampled 32% faster one afternoon (session 44) than
+        # that morning, so minutes to a threshold carry the day's speed as well as the setting.
         print(f"\nnote: these runs sampled at {min(known):,.0f} to {max(known):,.0f} env steps/s up to "
               f"{SPEED_UPTO / 1e6:g} M env steps, where every biped schedule still trains at 3e-4: minutes "
               "(and reach within minutes) carry that speed, mostly the machine's on the day, as well as the "
