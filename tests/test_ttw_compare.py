@@ -25,6 +25,11 @@ def _point(minutes: float, steps: int, ret: float) -> dict:
             "eval_return_std": 3.0, "eval_length": 40.0, "eval_forward_distance_m": 1.5}
 
 
+def _result(reached: bool, minutes: float) -> dict:
+    """The two fields of a time_to_walk.json that the reach tally reads."""
+    return {"reached": reached, "wall_seconds": 60 * minutes}
+
+
 def _run(tmp_path: Path) -> Path:
     run = tmp_path / "s9_demo"
     run.mkdir()
@@ -160,21 +165,18 @@ def test_reach_rates_are_tallied_per_setting(tmp_path: Path, capsys) -> None:
 
 
 def test_reached_within_counts_late_runs_as_not_reached_and_leaves_out_short_budgets() -> None:
-    def result(reached: bool, minutes: float) -> dict:
-        return {"reached": reached, "wall_seconds": 60 * minutes}
-
     hour = 3600.0
-    assert ttw.reached_within(result(True, 45.7), 3600, hour) is True
-    assert ttw.reached_within(result(True, 70.0), 5400, hour) is False  # reached, but after the hour
-    assert ttw.reached_within(result(False, 60.1), 3600, hour) is False  # had the hour, did not reach
-    assert ttw.reached_within(result(False, 35.1), 2100, hour) is None  # 35 minutes: never had the hour
-    assert ttw.reached_within(result(False, 80.0), 0, hour) is False  # no time budget, ran past the hour
-    assert ttw.reached_within(result(False, 20.0), 0, hour) is None  # its step budget ended it at 20 minutes
-    assert ttw.reached_within(result(False, 35.1), 2100, None) is False  # no --within: as the run reported
-    finished = [("step", result(True, 45.7), 3600.0), ("step", result(False, 60.1), 3600.0),
-                ("step", result(True, 70.0), 5400.0),
-                ("constant", result(False, 35.1), 2100.0), ("constant", result(False, 40.1), 2400.0),
-                ("constant", result(True, 35.5), 3600.0), ("constant", result(False, 60.0), 3600.0)]
+    assert ttw.reached_within(_result(True, 45.7), 3600, hour) is True
+    assert ttw.reached_within(_result(True, 70.0), 5400, hour) is False  # reached, but after the hour
+    assert ttw.reached_within(_result(False, 60.1), 3600, hour) is False  # had the hour, did not reach
+    assert ttw.reached_within(_result(False, 35.1), 2100, hour) is None  # 35 minutes: never had the hour
+    assert ttw.reached_within(_result(False, 80.0), 0, hour) is False  # no time budget, ran past the hour
+    assert ttw.reached_within(_result(False, 20.0), 0, hour) is None  # its step budget ended it at 20 minutes
+    assert ttw.reached_within(_result(False, 35.1), 2100, None) is False  # no --within: as the run reported
+    finished = [("step", _result(True, 45.7), 3600.0), ("step", _result(False, 60.1), 3600.0),
+                ("step", _result(True, 70.0), 5400.0),
+                ("constant", _result(False, 35.1), 2100.0), ("constant", _result(False, 40.1), 2400.0),
+                ("constant", _result(True, 35.5), 3600.0), ("constant", _result(False, 60.0), 3600.0)]
     rows = ttw.tally_rows(finished, hour)
     # step: 1 of 3 within the hour (the 70-minute reach counts as a miss); constant: the two short
     # budgets that did not reach are left out, 1 of 2 counted. Tables a = 0, 1, 2 weigh 3, 6, 1 of 10.
@@ -187,14 +189,11 @@ def test_reached_within_counts_late_runs_as_not_reached_and_leaves_out_short_bud
 
 
 def test_the_tally_keeps_the_first_setting_as_the_reference_even_with_no_run_counted() -> None:
-    def result(reached: bool, minutes: float) -> dict:
-        return {"reached": reached, "wall_seconds": 60 * minutes}
-
     # constant comes first and all its runs had 35-40 minutes: nothing to test the others against,
     # so no p anywhere (before, the next setting silently became the reference).
-    finished = [("constant", result(False, 35.1), 2100.0), ("constant", result(False, 40.1), 2400.0),
-                ("step", result(True, 45.7), 3600.0), ("step", result(False, 60.1), 3600.0),
-                ("early", result(False, 60.1), 3600.0), ("early", result(False, 60.2), 3600.0)]
+    finished = [("constant", _result(False, 35.1), 2100.0), ("constant", _result(False, 40.1), 2400.0),
+                ("step", _result(True, 45.7), 3600.0), ("step", _result(False, 60.1), 3600.0),
+                ("early", _result(False, 60.1), 3600.0), ("early", _result(False, 60.2), 3600.0)]
     rows = ttw.tally_rows(finished, 3600.0)
     assert [row[0] for row in rows] == ["constant", "step", "early"]
     assert [row[1:3] for row in rows] == [["0", "0"], ["2", "1 (50%)"], ["2", "0 (0%)"]]
