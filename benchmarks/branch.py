@@ -3,25 +3,27 @@
     python benchmarks/branch.py RUN_DIR --steps 4000000 --out DIR \
         --variant control --variant lowlr ppo.lr=1e-4 --variant big env.envs_per_actor=64 \
         [--set train.mode=sync ...] [--eval-episodes 50] [--eval-seed 2000000]
+    python benchmarks/branch.py RUN_DIR --seconds 900 --out DIR --variant control --variant fewer ppo.epochs=3
 
 The paired test of a setting on one machine: every variant starts from the same weights,
 optimiser state, normaliser and counters (a copy of RUN_DIR's config, metrics and newest
-checkpoint in DIR/NAME), trains `--steps` more env steps through `stride train --resume` with
-the common `--set`s and its own, one variant after the other, and is then evaluated with the
-deterministic policy on the same seeded episodes. In sync mode a variant with no settings of its
-own is the run continued exactly (a sync run repeats for a seed on one machine), so it is the
-control; it is still one draw of a chaotic process, so branch several runs before believing a
-small difference.
+checkpoint in DIR/NAME), trains `--steps` more env steps (or for `--seconds` of wall time: the
+comparison for a setting that changes the speed, since what a user waits for is the clock)
+through `stride train --resume` with the common `--set`s and its own, one variant after the
+other, and is then evaluated with the deterministic policy on the same seeded episodes. In sync
+mode a variant with no settings of its own is the run continued exactly (a sync run repeats for
+a seed on one machine, under `--steps`), so it is the control; it is still one draw of a chaotic
+process, so branch several runs before believing a small difference.
 
-Printed per variant: its settings, the evaluation (mean ± std over the episodes; the mean
-per-seed difference from the first variant with its standard error and the seeds it is ahead
-on, since every variant plays the same seeds, each branch's per-seed returns kept in
-DIR/NAME/branch_eval.json; length, forward distance where the env has one), the training
-return and policy entropy over the last
-tenth of the branch, and the branch's median approx KL and seconds per update. Compare by the
-evaluation: the training return is the stochastic policy's, so a setting that shrinks σ faster
-raises it without a better mean action (docs/benchmarks.md, session 39). Every variant's config
-is checked before the first branch starts, so a misspelt field fails naming it.
+Printed per variant: its settings, the env steps it trained, the evaluation (mean ± std over the
+episodes; the mean per-seed difference from the first variant with its standard error and the
+seeds it is ahead on, since every variant plays the same seeds, each branch's per-seed returns
+kept in DIR/NAME/branch_eval.json; length, forward distance where the env has one), the training
+return and policy entropy over the last tenth of the branch, and the branch's median approx KL
+and seconds per update. Compare by the evaluation: the training return is the stochastic
+policy's, so a setting that shrinks σ faster raises it without a better mean action
+(docs/benchmarks.md, session 39). Every variant's config is checked before the first branch
+starts, so a misspelt field fails naming it.
 """
 
 from __future__ import annotations
@@ -69,18 +71,30 @@ def parse_variant(words: list[str]) -> Variant:
         raise C.ConfigError(f"--variant {name}: {bad!r} is not SECTION.FIELD=VALUE") from None
 
 
-def branch_overrides(start_steps: int, steps: int, common: dict[str, str], variant: Variant) -> dict[str, Any]:
-    """The `--set`s a branch resumes with: a step budget `steps` past the checkpoint, no time
-    limit, no video, then the common settings, then the variant's own."""
-    return {"train.total_steps": start_steps + steps, "train.max_seconds": 0, "train.video": False,
-            **common, **variant.overrides}
+@dataclass
+class Budget:
+    """How long each branch trains: `steps` env steps past the checkpoint, or `seconds` of wall
+    time (the other one 0)."""
+    steps: int = 0
+    seconds: float = 0.0
 
 
-def check(run_dir: Path, start_steps: int, steps: int, common: dict[str, str], variants: list[Variant]) -> None:
+def branch_overrides(start_steps: int, budget: Budget, common: dict[str, str], variant: Variant) -> dict[str, Any]:
+    """The `--set`s a branch resumes with: the budget (a step limit `budget.steps` past the
+    checkpoint and no time limit, or a time limit and no step limit), no video, then the common
+    settings, then the variant's own."""
+    if budget.seconds > 0:
+        limits: dict[str, Any] = {"train.total_steps": C.NO_STEP_LIMIT, "train.max_seconds": budget.seconds}
+    else:
+        limits = {"train.total_steps": start_steps + budget.steps, "train.max_seconds": 0}
+    return {**limits, "train.video": False, **common, **variant.overrides}
+
+
+def check(run_dir: Path, start_steps: int, budget: Budget, common: dict[str, str], variants: list[Variant]) -> None:
     """Every variant's resulting config is valid (ConfigError naming the field otherwise)."""
     for v in variants:
         try:
-            C.validate(C.load(run_dir / "config.yaml", branch_overrides(start_steps, steps, common, v)))
+            C.validate(C.load(run_dir / "config.yaml", branch_overrides(start_steps, budget, common, v)))
         except C.ConfigError as exc:
             raise C.ConfigError(f"--variant {v.name}: {exc}") from None
 
@@ -140,7 +154,10 @@ def paired_difference(returns: list[float], base: list[float]) -> tuple[float, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the run folder to branch (its newest checkpoint)")
-    parser.add_argument("--steps", type=int, required=True, help="env steps each branch trains past the checkpoint")
+    length = parser.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="env steps each branch trains past the checkpoint")
+    length.add_argument("--seconds", type=float,
+                        help="wall seconds each branch trains (its `stride train --resume`'s train.max_seconds)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the branches (DIR/NAME each)")
     parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]",
                         help="a branch: its name, then its own settings (none: the control); repeatable")
@@ -150,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=2_000_000, help="first seed of the evaluation episodes")
     args = parser.parse_args(argv)
     try:
-        if args.steps < 1:
+        if args.steps is not None and args.steps < 1:
             raise C.ConfigError(f"--steps: must be >= 1, got {args.steps}")
+        if args.seconds is not None and not args.seconds > 0:
+            raise C.ConfigError(f"--seconds: must be > 0, got {args.seconds}")
+        budget = Budget(steps=args.steps or 0, seconds=args.seconds or 0.0)
         if args.eval_episodes < 1:
             raise C.ConfigError(f"--eval-episodes: must be >= 1, got {args.eval_episodes}")
         variants = [parse_variant(words) for words in args.variant]
@@ -163,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             raise C.ConfigError(f"{args.run} has no config.yaml: not a Stride run folder")
         ckpt, state = checkpoint.require_latest(args.run)
         start_steps = int(state["counters"]["env_steps"])
-        check(args.run, start_steps, args.steps, common, variants)
+        check(args.run, start_steps, budget, common, variants)
         taken = [args.out / n for n in names if (args.out / n).exists()]
         if taken:
             raise C.ConfigError(f"--out: {', '.join(map(str, taken))} already exist; branch into another folder")
@@ -172,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from learner.evaluate import evaluate  # torch: after the options are known good
 
-    print(f"branching {args.run} at {ckpt.name} ({start_steps:,} env steps) for {args.steps:,} more env steps",
-          flush=True)
+    span = f"{budget.seconds:g} s each" if budget.seconds > 0 else f"{budget.steps:,} more env steps"
+    print(f"branching {args.run} at {ckpt.name} ({start_steps:,} env steps) for {span}", flush=True)
     rows, base_returns = [], None
     for v in variants:
         dst = args.out / v.name
         make_branch(args.run, ckpt, dst)
-        seconds = resume(dst, branch_overrides(start_steps, args.steps, common, v),
+        seconds = resume(dst, branch_overrides(start_steps, budget, common, v),
                          args.out / f"{v.name}.log")
         ev = evaluate(dst, args.eval_episodes, args.eval_seed)
         records, _ = read_jsonl(dst / "metrics.jsonl", required="iteration")
@@ -192,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         # each episode's return, seed order, to pair with later branches of the same point
         (dst / "branch_eval.json").write_text(json.dumps(
             {"eval_seed": args.eval_seed, "checkpoint": ev.checkpoint, "returns": ev.returns}) + "\n")
-        rows.append([v.name, settings, f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
+        trained = max((r["env_steps"] for r in records), default=start_steps) - start_steps
+        rows.append([v.name, settings, f"{trained:,}", f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
                      f"{ev.mean_length:.1f}", fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]),
                      fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["update_s"], 3), f"{seconds:.0f}"])
         print(f"{v.name}: evaluation {ev.mean_return:.2f} ± {ev.std_return:.2f} ({ev.checkpoint})", flush=True)
-    head = ["branch", "settings", f"evaluation ({args.eval_episodes} ep., seeds from {args.eval_seed:,})",
+    head = ["branch", "settings", "env steps trained",
+            f"evaluation ({args.eval_episodes} ep., seeds from {args.eval_seed:,})",
             f"against {variants[0].name}, paired by seed (± s.e.)", "length", "distance (m)",
             "training return (last tenth)", "entropy (last tenth)", "KL median", "s per update", "wall s"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -85,6 +85,31 @@ def test_branches_continue_the_checkpoint_and_the_control_is_the_run_continued(t
         assert not (out / "ok").exists() and not (out / "bad").exists()
 
 
+def test_a_time_budget_trains_each_branch_for_its_seconds_with_no_step_limit(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    _train(["--config", "configs/pendulum.yaml", "--total-steps", str(2 * 128), "--run-dir", str(src), *SMALL])
+    start_steps = checkpoint.require_latest(src)[1]["counters"]["env_steps"]
+    out = tmp_path / "branches"
+    assert branch.main([str(src), "--seconds", "4", "--out", str(out), "--variant", "control",
+                        "--variant", "slow", "ppo.epochs=100", "--set", "train.mode=sync", "--eval-episodes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"({start_steps:,} env steps) for 4 s each" in printed
+    trained = {}
+    for name in ("control", "slow"):
+        cfg = C.load(out / name / "config.yaml")
+        assert cfg.train.max_seconds == 4 and cfg.train.total_steps == C.NO_STEP_LIMIT
+        mine = [r for r in read_jsonl(out / name / "metrics.jsonl", required="iteration")[0]
+                if r["env_steps"] > start_steps]
+        assert mine, f"{name} trained nothing"
+        # the clock ended it: the first iteration ends inside the 4 s, the last one starts inside them
+        assert mine[-1]["wall_time"] - mine[0]["wall_time"] < 4
+        trained[name] = mine[-1]["env_steps"] - start_steps
+        assert printed.split(f"| {name} |")[1].split(" | ")[1] == f"{trained[name]:,}"
+    assert C.load(out / "slow" / "config.yaml").ppo.epochs == 100
+    # 100 epochs per update against 10 on one clock: fewer env steps (the point of a time budget)
+    assert trained["slow"] < trained["control"]
+
+
 def test_a_bad_variant_is_refused_before_any_branch_starts(tmp_path: Path, capsys) -> None:
     src = tmp_path / "src"
     (src / "checkpoints").mkdir(parents=True)
@@ -102,4 +127,13 @@ def test_a_bad_variant_is_refused_before_any_branch_starts(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         branch.main([str(src), "--steps", "100", "--out", str(out), "--variant", "a", "ppo.lr"])
     assert "--variant a: 'ppo.lr' is not SECTION.FIELD=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one budget: steps or seconds
+        branch.main([str(src), "--steps", "100", "--seconds", "10", "--out", str(out), "--variant", "a"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.main([str(src), "--out", str(out), "--variant", "a"])
+    assert "one of the arguments --steps --seconds is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.main([str(src), "--seconds", "0", "--out", str(out), "--variant", "a"])
+    assert "--seconds: must be > 0, got 0.0" in capsys.readouterr().err
     assert not out.exists()
