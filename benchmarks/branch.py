@@ -19,9 +19,9 @@ Printed per variant: its settings, the env steps it trained, the evaluation (mea
 episodes; the mean per-seed difference from the first variant with its standard error and the
 seeds it is ahead on, since every variant plays the same seeds, each branch's per-seed returns
 kept in DIR/NAME/branch_eval.json; length, forward distance where the env has one), the training
-return and policy entropy over the last tenth of the branch, and the branch's median approx KL
-and seconds per update. Compare by the evaluation: the training return is the stochastic
-policy's, so a setting that shrinks σ faster raises it without a better mean action
+return and policy entropy over the last tenth of the branch, and the branch's median approx KL,
+epochs per update and seconds per update. Compare by the evaluation: the training return is the
+stochastic policy's, so a setting that shrinks σ faster raises it without a better mean action
 (docs/benchmarks.md, session 39). Every variant's config is checked before the first branch
 starts, so a misspelt field fails naming it.
 """
@@ -122,11 +122,11 @@ def resume(dst: Path, overrides: dict[str, Any], log_path: Path) -> float:
 
 
 def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, float | None]:
-    """Training return and entropy over the branch's last tenth; median KL and update time over
-    the whole branch."""
+    """Training return and entropy over the branch's last tenth; median KL, epochs per update
+    (where the records have them) and update time over the whole branch."""
     mine = [r for r in records if r["env_steps"] > start_steps]
     if not mine:
-        return {"train_return": None, "entropy": None, "kl": None, "update_s": None}
+        return {"train_return": None, "entropy": None, "kl": None, "epochs": None, "update_s": None}
     cut = start_steps + 0.9 * (mine[-1]["env_steps"] - start_steps)
     last = [r for r in mine if r["env_steps"] > cut] or mine[-1:]
 
@@ -139,7 +139,7 @@ def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, flo
         return statistics.median(vals) if vals else None
 
     return {"train_return": mean("episode_return_mean", last), "entropy": mean("entropy", last),
-            "kl": median("approx_kl"), "update_s": median("time_update")}
+            "kl": median("approx_kl"), "epochs": median("epochs"), "update_s": median("time_update")}
 
 
 def paired_difference(returns: list[float], base: list[float]) -> tuple[float, float, int]:
@@ -215,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         trained = max((r["env_steps"] for r in records), default=start_steps) - start_steps
         rows.append([v.name, settings, f"{trained:,}", f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
                      f"{ev.mean_length:.1f}", fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]),
-                     fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["update_s"], 3), f"{seconds:.0f}"])
+                     fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["epochs"], 1), fmt(tail["update_s"], 3),
+                     f"{seconds:.0f}"])
         print(f"{v.name}: evaluation {ev.mean_return:.2f} ± {ev.std_return:.2f} ({ev.checkpoint})", flush=True)
     head = ["branch", "settings", "env steps trained",
             f"evaluation ({args.eval_episodes} ep., seeds from {args.eval_seed:,})",
             f"against {variants[0].name}, paired by seed (± s.e.)", "length", "distance (m)",
-            "training return (last tenth)", "entropy (last tenth)", "KL median", "s per update", "wall s"]
+            "training return (last tenth)", "entropy (last tenth)", "KL median", "epochs median", "s per update",
+            "wall s"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(row) + " |")

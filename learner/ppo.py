@@ -176,7 +176,8 @@ def ppo_update(
     ent_coef: float | None = None,
     mirror: Mirror | None = None,
 ) -> dict[str, float]:
-    """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics.
+    """Run cfg.epochs of shuffled minibatches over `batch`; returns the mean diagnostics and
+    `epochs`, how many epochs ran.
 
     With `graphs` (CUDA only), each minibatch's forward, loss and backward are one CUDA graph
     replay (learner/cuda_graph.py); the arithmetic is the same as the eager path's.
@@ -229,7 +230,9 @@ def ppo_update(
         if cfg.target_kl > 0 and float(sums[_KL] - kl_before) / cfg.minibatches > cfg.target_kl:
             break
     means = (sums / count).tolist()
-    return dict(zip(_STAT_NAMES, means, strict=True))
+    # epochs: where target_kl stopped the update (cfg.epochs when it did not), so a run's records
+    # show what an update cost at each learning rate
+    return dict(zip(_STAT_NAMES, means, strict=True)) | {"epochs": float(count // cfg.minibatches)}
 
 
 def _check_finite(out: LossOut) -> None:

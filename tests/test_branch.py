@@ -104,7 +104,10 @@ def test_a_time_budget_trains_each_branch_for_its_seconds_with_no_step_limit(tmp
         # the clock ended it: the first iteration ends inside the 4 s, the last one starts inside them
         assert mine[-1]["wall_time"] - mine[0]["wall_time"] < 4
         trained[name] = mine[-1]["env_steps"] - start_steps
-        assert printed.split(f"| {name} |")[1].split(" | ")[1] == f"{trained[name]:,}"
+        row = printed.split(f"| {name} |")[1].split("\n")[0].split(" | ")
+        assert row[1] == f"{trained[name]:,}"
+        assert all(r["epochs"] == cfg.ppo.epochs for r in mine)  # pendulum.yaml: target_kl 0, every epoch
+        assert row[9] == f"{cfg.ppo.epochs:.1f}"  # the epochs median
     assert C.load(out / "slow" / "config.yaml").ppo.epochs == 100
     # 100 epochs per update against 10 on one clock: fewer env steps (the point of a time budget)
     assert trained["slow"] < trained["control"]

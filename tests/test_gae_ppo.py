@@ -582,15 +582,16 @@ def test_flat_parameters_train_like_separate_ones() -> None:
 
 def test_target_kl_stops_after_the_epoch_that_passes_it() -> None:
     """With target_kl > 0 the update stops at the end of the first epoch whose mean KL exceeds
-    it: counted in Adam steps (epochs x minibatches without it)."""
+    it: counted in Adam steps (epochs x minibatches without it), and reported as `epochs`."""
     for target_kl, steps in ((0.0, 4 * 4), (1e-12, 4), (1e9, 4 * 4)):
         torch.manual_seed(0)
         model = ActorCritic(4, 2)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         batch = rewarded_batch(model, torch.randn(256, 4))
-        ppo_update(model, opt, batch, PPOConfig(epochs=4, minibatches=4, target_kl=target_kl), 0.0,
-                   torch.Generator().manual_seed(0))
+        stats = ppo_update(model, opt, batch, PPOConfig(epochs=4, minibatches=4, target_kl=target_kl), 0.0,
+                           torch.Generator().manual_seed(0))
         assert all(int(s["step"]) == steps for s in opt.state.values()), target_kl
+        assert stats["epochs"] == steps / 4, target_kl
 
 
 def test_reward_norm_divides_by_the_std_of_discounted_returns_carried_across_fragments() -> None:
