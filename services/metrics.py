@@ -75,6 +75,8 @@ class StrideMetrics:
         self.entropy = gauge("stride_policy_entropy", "Mean policy entropy (nats)").labels(*ids)
         self.approx_kl = gauge("stride_approx_kl", "Approximate KL(old || new) of the last update").labels(*ids)
         self.clip_fraction = gauge("stride_clip_fraction", "Fraction of samples with |ratio - 1| > clip").labels(*ids)
+        self.ppo_epochs = gauge("stride_ppo_epochs", "Epochs the last update ran (fewer than ppo.epochs where "
+                                "ppo.target_kl stopped it)").labels(*ids)
         self.explained_variance = gauge("stride_explained_variance",
                                         "1 - Var[returns - values] / Var[returns]").labels(*ids)
         self.learning_rate = gauge("stride_learning_rate", "Learning rate of the last update").labels(*ids)
@@ -170,6 +172,7 @@ class StrideMetrics:
         self.entropy.set(rec["entropy"])
         self.approx_kl.set(rec["approx_kl"])
         self.clip_fraction.set(rec["clipfrac"])
+        self.ppo_epochs.set(rec["epochs"])
         if np.isfinite(rec["explained_variance"]):
             self.explained_variance.set(rec["explained_variance"])
         self.learning_rate.set(rec["lr"])

@@ -144,6 +144,7 @@ def test_exported_values_agree_with_metrics_jsonl(observed_run) -> None:
     assert s['stride_episodes_ended_total{"reason": "time_limit"}'] == last["episodes_total"] > 0
     pairs = {
         "stride_approx_kl": "approx_kl", "stride_clip_fraction": "clipfrac", "stride_policy_entropy": "entropy",
+        "stride_ppo_epochs": "epochs",
         "stride_explained_variance": "explained_variance", "stride_learning_rate": "lr",
         "stride_entropy_coef": "ent_coef",
         "stride_env_steps_per_second": "env_steps_per_s", "stride_weights_broadcast_bytes": "weights_bytes",

@@ -88,8 +88,9 @@ def build() -> dict:
         # --- learning health ------------------------------------------------------------
         .with_row(dashboard.Row("Learning health"))
         .with_panel(ts("Losses", "short", (f"stride_loss{SEL}", "{{loss}}")))
-        .with_panel(ts("Approx KL", "short", (f"stride_approx_kl{SEL}", "{{run_id}}"),
-                       (f"stride_kl_beta{SEL}", "beta (penalty loss)")))
+        .with_panel(ts("Approx KL, epochs per update", "short", (f"stride_approx_kl{SEL}", "{{run_id}}"),
+                       (f"stride_kl_beta{SEL}", "beta (penalty loss)"),
+                       (f"stride_ppo_epochs{SEL}", "epochs run (target_kl stops early)")))
         .with_panel(ts("Clip fraction", "percentunit", (f"stride_clip_fraction{SEL}", "{{run_id}}")))
         .with_panel(ts("Policy entropy", "short", (f"stride_policy_entropy{SEL}", "{{run_id}}")))
         .with_panel(ts("Explained variance", "short", (f"stride_explained_variance{SEL}", "{{run_id}}")))
