@@ -69,7 +69,9 @@ class PPOConfig:
     """GAE lambda."""
     epochs: int = 10
     """Most passes over each batch (target_kl usually stops the biped's updates after one to three;
-    without it, 10 x 32 reached 73 at 4 M steps against 51 with 5 x 8, docs/benchmarks.md)."""
+    without it, 10 x 32 reached 73 at 4 M steps against 51 with 5 x 8, docs/benchmarks.md). At the
+    step schedule's 3.3e-5 the KL stays low and about nine run, three times the seconds per update;
+    a cap of 3 there got 35% more env steps in 15 minutes and no better walker (session 45)."""
     minibatches: int = 8
     """Minibatches per epoch; envs_per_actor * fragment_length must be divisible by it. 8 (512 of
     the biped's 4,096 samples each): with target_kl 0.02 the biped's training return at 10
