@@ -70,8 +70,9 @@ class PPOConfig:
     epochs: int = 10
     """Most passes over each batch (target_kl usually stops the biped's updates after one to three;
     without it, 10 x 32 reached 73 at 4 M steps against 51 with 5 x 8, docs/benchmarks.md). At the
-    step schedule's 3.3e-5 the KL stays low and about nine run, three times the seconds per update;
-    a cap of 3 there got 35% more env steps in 15 minutes and no better walker (session 45)."""
+    step schedule's 3.3e-5 the KL stays low and all ten run (medians 2 at 3e-4, 4 at 1e-4), 0.47 s per
+    update against 0.10; a cap of 3 there got 35% more env steps in 15 minutes and no better walker
+    (docs/benchmarks.md, session 45)."""
     minibatches: int = 8
     """Minibatches per epoch; envs_per_actor * fragment_length must be divisible by it. 8 (512 of
     the biped's 4,096 samples each): with target_kl 0.02 the biped's training return at 10
