@@ -122,11 +122,11 @@ def resume(dst: Path, overrides: dict[str, Any], log_path: Path) -> float:
 
 
 def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, float | None]:
-    """Training return and entropy over the branch's last tenth; median KL, epochs per update
-    (where the records have them) and update time over the whole branch."""
+    """The env steps the branch trained; training return and entropy over its last tenth; median
+    KL, epochs per update (where the records have them) and update time over all of it."""
     mine = [r for r in records if r["env_steps"] > start_steps]
     if not mine:
-        return {"train_return": None, "entropy": None, "kl": None, "epochs": None, "update_s": None}
+        return {"trained": 0, "train_return": None, "entropy": None, "kl": None, "epochs": None, "update_s": None}
     cut = start_steps + 0.9 * (mine[-1]["env_steps"] - start_steps)
     last = [r for r in mine if r["env_steps"] > cut] or mine[-1:]
 
@@ -138,7 +138,8 @@ def tail_stats(records: list[dict[str, Any]], start_steps: int) -> dict[str, flo
         vals = [r[key] for r in mine if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    return {"train_return": mean("episode_return_mean", last), "entropy": mean("entropy", last),
+    return {"trained": mine[-1]["env_steps"] - start_steps,
+            "train_return": mean("episode_return_mean", last), "entropy": mean("entropy", last),
             "kl": median("approx_kl"), "epochs": median("epochs"), "update_s": median("time_update")}
 
 
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         # each episode's return, seed order, to pair with later branches of the same point
         (dst / "branch_eval.json").write_text(json.dumps(
             {"eval_seed": args.eval_seed, "checkpoint": ev.checkpoint, "returns": ev.returns}) + "\n")
-        trained = max((r["env_steps"] for r in records), default=start_steps) - start_steps
-        rows.append([v.name, settings, f"{trained:,}", f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
+        rows.append([v.name, settings, f"{tail['trained']:,}", f"{ev.mean_return:.1f} ± {ev.std_return:.1f}", paired,
                      f"{ev.mean_length:.1f}", fmt(ev.mean_forward_distance, 2), fmt(tail["train_return"]),
                      fmt(tail["entropy"], 2), fmt(tail["kl"], 4), fmt(tail["epochs"], 1), fmt(tail["update_s"], 3),
                      f"{seconds:.0f}"])
