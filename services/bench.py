@@ -47,6 +47,7 @@ class ScalePoint:
     share_update: float
     share_gae: float
     share_broadcast: float
+    epochs_median: float  # PPO epochs per update before ppo.target_kl stopped it: what the update share buys
     iterations: int
 
 
@@ -90,7 +91,8 @@ def scale_point(cfg: C.Config, actors: int, seconds: float, base_rate: float) ->
         single_core_env_steps_per_s=base_rate, efficiency=rate / (actors * base_rate),
         policy_lag_mean=float(np.mean([r["policy_lag_mean"] for r in recs])),
         share_sample=share("time_sample"), share_update=share("time_update"), share_gae=share("time_gae"),
-        share_broadcast=share("time_broadcast"), iterations=len(recs),
+        share_broadcast=share("time_broadcast"), epochs_median=float(np.median([r["epochs"] for r in recs])),
+        iterations=len(recs),
     )
 
 

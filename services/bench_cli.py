@@ -166,10 +166,11 @@ def _scale(args: argparse.Namespace) -> int:
             points = bench_scale(cfg, counts, args.seconds, args.out)
     else:
         points = bench_scale(cfg, counts, args.seconds, args.out)
-    print(f"{'actors':>6} {'env steps/s':>12} {'efficiency':>10} {'policy lag':>10} {'sample':>7} {'update':>7}")
+    print(f"{'actors':>6} {'env steps/s':>12} {'efficiency':>10} {'policy lag':>10} {'sample':>7} {'update':>7} "
+          f"{'epochs':>6}")
     for p in points:
         print(f"{p.actors:>6} {p.env_steps_per_s:>12,.0f} {p.efficiency:>10.2f} {p.policy_lag_mean:>10.2f} "
-              f"{p.share_sample:>7.0%} {p.share_update:>7.0%}")
+              f"{p.share_sample:>7.0%} {p.share_update:>7.0%} {p.epochs_median:>6.1f}")
     print(f"wrote {args.out / 'scale.csv'} and {args.out / 'scale.png'}")
     return 0
 

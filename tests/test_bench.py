@@ -31,6 +31,7 @@ def test_bench_scale_writes_csv_and_plot(tmp_path: Path) -> None:
         assert float(r["efficiency"]) == rate / (int(r["actors"]) * base)
         shares = sum(float(r[k]) for k in ("share_sample", "share_gae", "share_update", "share_broadcast"))
         assert 0.5 < shares <= 1.01  # the phases account for (nearly) all of an iteration
+        assert 1 <= float(r["epochs_median"]) <= C.PPOConfig.epochs  # within what the config allows
     assert (out / "scale.png").stat().st_size > 10_000
 
 
